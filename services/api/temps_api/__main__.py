@@ -1,0 +1,3 @@
+from temps_api.main import run
+
+run()

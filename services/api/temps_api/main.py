@@ -1,0 +1,108 @@
+"""Startup: the one function that owns the gateway's I/O clients, and the FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from opentelemetry import trace
+from temps_shared.bootstrap import bootstrap
+from temps_shared.bus.connect import connect_nats
+from temps_shared.crypto import KeyRing
+from temps_shared.store.certificate_authority import ensure_installation_ca
+from temps_shared.store.pool import create_pool
+from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
+
+from temps_api.auth import ensure_admin_token
+from temps_api.errors import install_error_handlers
+from temps_api.outbox_relay import run_relay
+from temps_api.projector import run_projector
+from temps_api.routes import events, health, services, tokens
+from temps_api.settings import ApiSettings
+from temps_api.state import AppState
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("temps.api")
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keyring = KeyRing.from_data_dir(settings.data_dir)
+        pool = await create_pool(settings.database_url)
+        nc = await connect_nats(settings.nats_url, name="temps-api")
+        js = nc.jetstream()
+        stop = asyncio.Event()
+        background: list[asyncio.Task[None]] = []
+        try:
+            await bootstrap(pool, js, settings)
+            await ensure_installation_ca(pool, keyring)
+            await ensure_admin_token(pool, settings.data_dir)
+            app.state.temps = AppState(settings=settings, pool=pool, nc=nc, js=js, keyring=keyring)
+            if settings.outbox_relay_enabled:
+                background.append(
+                    asyncio.create_task(
+                        run_relay(pool, js, stop, settings.outbox_poll_s), name="outbox-relay"
+                    )
+                )
+            if settings.projector_enabled:
+                background.append(
+                    asyncio.create_task(run_projector(pool, js, stop), name="projector")
+                )
+            yield
+        finally:
+            stop.set()
+            if background:
+                await asyncio.wait(background, timeout=10)
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            await pool.close()
+
+    app = FastAPI(
+        title="Temps managed services",
+        version="0.1.0",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def trace_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        with tracer.start_as_current_span(
+            f"{request.method} {request.url.path}",
+            context=context_from_headers(request.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.url.path},
+        ) as span:
+            response = await call_next(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    for module in (health, tokens, services, events):
+        app.include_router(module.router)
+    return app
+
+
+def run() -> None:
+    settings = ApiSettings()
+    setup_logging(settings.log_level)
+    setup_tracing("temps-api")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,60 @@
+"""Relays the outbox to JetStream: a 202 means the command will be delivered.
+
+A row is marked published only after JetStream acked it; a crash in between republishes it
+under the same `Nats-Msg-Id`, which JetStream de-duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from nats.js import JetStreamContext
+from temps_shared.bus.publish import publish_raw
+from temps_shared.store import outbox
+
+log = logging.getLogger(__name__)
+BATCH = 100
+
+
+async def relay_batch(pool: asyncpg.Pool, js: JetStreamContext) -> int:
+    """Publish one batch of unpublished rows; returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await outbox.claim_unpublished(conn, BATCH)
+        for row in rows:
+            await publish_raw(
+                js,
+                row.subject,
+                row.payload,
+                msg_id=row.msg_id,
+                message_type=row.message_type,
+                headers=row.headers,
+            )
+        if rows:
+            await outbox.mark_published(conn, [r.id for r in rows])
+    return len(rows)
+
+
+async def run_relay(
+    pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.Event, poll_s: float
+) -> None:
+    """Relay until `stop`; woken by NOTIFY from `outbox.enqueue`, polling as a fallback."""
+    wake = asyncio.Event()
+    listener = await pool.acquire()
+    await listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: wake.set())
+    try:
+        while not stop.is_set():
+            try:
+                if await relay_batch(pool, js):
+                    continue
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=poll_s)
+            wake.clear()
+    finally:
+        with contextlib.suppress(Exception):
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, lambda *_: None)
+        await pool.release(listener)

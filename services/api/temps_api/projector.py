@@ -1,0 +1,141 @@
+"""The status projector: the only writer of the `service_status` read model.
+
+It applies events one at a time in stream order and records the stream sequence it applied in
+the same transaction, so a redelivered event is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from nats.js import JetStreamContext
+from temps_shared.bus.consume import Delivery, TerminalError, consume
+from temps_shared.bus.topology import PROJECTOR_CONSUMER
+from temps_shared.messages import (
+    Event,
+    ServiceDeleted,
+    ServiceFailed,
+    ServiceOperationRequested,
+    ServiceProvisioned,
+    ServiceRequested,
+    ServiceStatus,
+    ServiceStatusChanged,
+    decode_event,
+)
+from temps_shared.store.types import Connection
+
+log = logging.getLogger(__name__)
+PROJECTION = "service_status"
+
+# What the status becomes when the user asks for an operation (stop waits for the worker).
+REQUESTED_STATUS = {
+    "start": ServiceStatus.PROVISIONING,
+    "retry": ServiceStatus.PROVISIONING,
+    "delete": ServiceStatus.DELETING,
+}
+
+
+async def _set(
+    conn: Connection,
+    event: Event,
+    status: str,
+    reason: str | None,
+    generation: int | None,
+    connection_info: object = None,
+) -> None:
+    """Apply a worker's verdict unless the user asked for something newer meanwhile."""
+    row = await conn.fetchrow(
+        "SELECT status, requested_generation FROM service_status WHERE service_id = $1 FOR UPDATE",
+        event.service_id,
+    )
+    if row is None:
+        return
+    if generation is not None and generation < row["requested_generation"]:
+        log.info(
+            "ignoring %s for generation %s: generation %s was requested since",
+            event.type_name(),
+            generation,
+            row["requested_generation"],
+        )
+        return
+    await conn.execute(
+        "UPDATE service_status SET status = $2, status_reason = $3,"
+        " connection_info = coalesce($4, connection_info),"
+        " observed_generation = greatest(observed_generation, coalesce($5, 0)),"
+        " updated_at = now() WHERE service_id = $1",
+        event.service_id,
+        status,
+        reason,
+        connection_info,
+        generation,
+    )
+
+
+async def apply_event(conn: Connection, event: Event) -> None:
+    match event:
+        case ServiceRequested():
+            await conn.execute(
+                "INSERT INTO service_status (service_id, status, requested_generation)"
+                " VALUES ($1, $2, $3) ON CONFLICT (service_id) DO NOTHING",
+                event.service_id,
+                ServiceStatus.PROVISIONING,
+                event.generation,
+            )
+        case ServiceOperationRequested():
+            status = REQUESTED_STATUS.get(event.operation)
+            await conn.execute(
+                "UPDATE service_status"
+                " SET requested_generation = greatest(requested_generation, $2),"
+                " status = coalesce($3, status),"
+                " status_reason = CASE WHEN $3::text IS NULL THEN status_reason ELSE NULL END,"
+                " updated_at = now() WHERE service_id = $1",
+                event.service_id,
+                event.generation,
+                status,
+            )
+        case ServiceProvisioned():
+            await _set(
+                conn,
+                event,
+                ServiceStatus.OPERATIONAL,
+                None,
+                event.generation,
+                event.connection_info,
+            )
+        case ServiceStatusChanged():
+            await _set(conn, event, event.status, event.reason, event.generation)
+        case ServiceFailed():
+            await _set(conn, event, ServiceStatus.FAILED, event.reason, event.generation)
+        case ServiceDeleted():
+            await conn.execute("DELETE FROM service_status WHERE service_id = $1", event.service_id)
+        case _:
+            log.debug("projector ignores %s", event.type_name())
+
+
+async def project(pool: asyncpg.Pool, delivery: Delivery) -> None:
+    try:
+        event = decode_event(delivery.message_type, delivery.data)
+    except ValueError as exc:
+        raise TerminalError(str(exc)) from exc
+    async with pool.acquire() as conn, conn.transaction():
+        last = await conn.fetchval(
+            "SELECT last_seq FROM projector_offsets WHERE projection = $1 FOR UPDATE", PROJECTION
+        )
+        if last is not None and delivery.stream_seq <= last:
+            return  # applied before a crash lost the ack
+        await apply_event(conn, event)
+        await conn.execute(
+            "INSERT INTO projector_offsets (projection, last_seq) VALUES ($1, $2)"
+            " ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq",
+            PROJECTION,
+            delivery.stream_seq,
+        )
+
+
+async def run_projector(pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.Event) -> None:
+    async def handle(delivery: Delivery) -> None:
+        await project(pool, delivery)
+
+    await consume(js, PROJECTOR_CONSUMER, handle, stop=stop, concurrency=1)

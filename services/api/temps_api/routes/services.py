@@ -1,0 +1,279 @@
+"""/api/external-services: create, read, start, stop, retry, delete, credentials."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import ValidationError
+from temps_shared.engines import ENGINES, default_version, offered_versions
+from temps_shared.messages import (
+    ReconcileService,
+    ServiceOperationRequested,
+    ServiceRequested,
+    ServiceStatus,
+    utcnow,
+)
+from temps_shared.store import outbox
+from temps_shared.store.certificate_authority import installation_ca_certificate
+from temps_shared.store.services import (
+    ServiceRecord,
+    bump_generation,
+    get_service,
+    insert_service,
+    secrets_aad,
+    set_desired_state,
+)
+from temps_shared.store.types import Connection
+
+from temps_api.audit import record_audit
+from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECRETS_READ, Principal
+from temps_api.deps import State, require
+from temps_api.errors import ApiError, not_found, validation_error
+from temps_api.idempotency import Answer, run_once
+from temps_api.schemas import ServiceCreate, ServicePublic
+from temps_api.service_views import get_public, list_public
+
+router = APIRouter(prefix="/api/external-services", tags=["external-services"])
+Reader = Annotated[Principal, Depends(require(EXTERNAL_SERVICES_READ))]
+Writer = Annotated[Principal, Depends(require(EXTERNAL_SERVICES_WRITE))]
+SecretReader = Annotated[Principal, Depends(require(SECRETS_READ))]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def _check_create(body: ServiceCreate, state: State) -> tuple[str, dict[str, Any]]:
+    """The version and parameters to store, or a 422 naming the field."""
+    engine = ENGINES.get(body.service_type)
+    versions = offered_versions(state.settings, body.service_type)
+    if engine is None or not versions:
+        on_offer = ", ".join(sorted(t for t in ENGINES if offered_versions(state.settings, t)))
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"service_type: {body.service_type!r} is not available here; on offer: {on_offer}",
+            [{"field": "service_type", "message": f"one of: {on_offer}"}],
+        )
+    version = default_version(versions) if body.version is None else str(body.version)
+    if version not in versions:
+        on_offer = ", ".join(sorted(versions, key=int))
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"version: {body.service_type} {version} is not available here; on offer: {on_offer}",
+            [{"field": "version", "message": f"one of: {on_offer}"}],
+        )
+    if body.resources:
+        raise ApiError(
+            422,
+            "invalid_input",
+            "resources: container resource limits are not available on this installation yet; "
+            "omit the field",
+            [{"field": "resources", "message": "not supported yet"}],
+        )
+    try:
+        parameters = engine.parameters_model().model_validate(body.parameters or {})
+    except ValidationError as exc:
+        raise validation_error(exc, prefix="parameters.") from exc
+    return version, parameters.model_dump()
+
+
+async def _request_operation(
+    conn: Connection, service_id: UUID, operation: str, generation: int
+) -> None:
+    """Announce the operation and queue the reconcile, in the caller's transaction."""
+    await outbox.enqueue(
+        conn,
+        ServiceOperationRequested(
+            service_id=service_id, operation=operation, generation=generation
+        ),
+    )
+    await outbox.enqueue(
+        conn, ReconcileService(service_id=service_id, generation=generation, reason=operation)
+    )
+
+
+def _accepted(service: ServicePublic, extra_headers: dict[str, str] | None = None) -> Answer:
+    return Answer(202, json.loads(service.model_dump_json()), extra_headers or {})
+
+
+@router.post("", status_code=202, response_model=ServicePublic)
+async def create_service(
+    body: ServiceCreate,
+    request: Request,
+    state: State,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    version, parameters = _check_create(body, state)
+
+    async def work(conn: Connection) -> Answer:
+        engine = ENGINES[body.service_type]
+        now, service_id = utcnow(), uuid4()
+        secrets = json.dumps(engine.generate_credentials(body.name)).encode()
+        record = ServiceRecord(
+            id=service_id,
+            name=body.name,
+            service_type=body.service_type,
+            version=version,
+            parameters=parameters,
+            resources={},
+            secrets_ciphertext=state.keyring.encrypt(secrets, secrets_aad(service_id)),
+            desired_state="running",
+            generation=1,
+            purged=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with conn.transaction():  # a savepoint: the conflict leaves the outer intact
+                await insert_service(conn, record)
+        except asyncpg.UniqueViolationError as exc:
+            raise ApiError(
+                409,
+                "name_taken",
+                f"name: a service named {body.name!r} exists; choose another",
+                [{"field": "name"}],
+            ) from exc
+        await outbox.enqueue(
+            conn,
+            ServiceRequested(
+                service_id=service_id,
+                name=body.name,
+                service_type=body.service_type,
+                version=version,
+                generation=1,
+            ),
+        )
+        await outbox.enqueue(
+            conn, ReconcileService(service_id=service_id, generation=1, reason="create")
+        )
+        await record_audit(
+            conn,
+            principal,
+            "service.created",
+            str(service_id),
+            request,
+            {"name": body.name, "service_type": body.service_type},
+        )
+        public = await get_public(conn, service_id)
+        assert public is not None
+        return _accepted(public, {"Location": f"/api/external-services/{service_id}"})
+
+    return await run_once(state.pool, principal, idempotency_key, "POST", request.url.path, work)
+
+
+@router.get("", response_model=list[ServicePublic])
+async def list_services(state: State, _: Reader) -> list[ServicePublic]:
+    return await list_public(state.pool)
+
+
+@router.get("/{service_id}", response_model=ServicePublic)
+async def get_service_public(service_id: UUID, state: State, _: Reader) -> ServicePublic:
+    service = await get_public(state.pool, service_id)
+    if service is None:
+        raise not_found("service", service_id)
+    return service
+
+
+async def _change(
+    state: State,
+    principal: Principal,
+    request: Request,
+    service_id: UUID,
+    operation: str,
+    idempotency_key: str | None,
+) -> Response:
+    async def work(conn: Connection) -> Answer:
+        service = await get_service(conn, service_id, for_update=True)
+        if service is None or service.purged:
+            raise not_found("service", service_id)
+        current = await get_public(conn, service_id)
+        assert current is not None
+        if service.desired_state == "deleted" and operation != "delete":
+            raise ApiError(409, "service_deleting", "the service is being deleted")
+        if operation == "retry" and current.status != ServiceStatus.FAILED:
+            raise ApiError(
+                409,
+                "not_failed",
+                f"only a failed service can be retried; this one is {current.status}",
+            )
+        desired = {"start": "running", "stop": "stopped", "delete": "deleted"}.get(operation)
+        if desired is not None:
+            generation = await set_desired_state(conn, service_id, desired)
+        else:
+            generation = await bump_generation(conn, service_id)
+        await _request_operation(conn, service_id, operation, generation)
+        await record_audit(conn, principal, f"service.{operation}", str(service_id), request)
+        public = await get_public(conn, service_id)
+        assert public is not None
+        return _accepted(public)
+
+    return await run_once(
+        state.pool, principal, idempotency_key, request.method, request.url.path, work
+    )
+
+
+@router.delete("/{service_id}", status_code=202, response_model=ServicePublic)
+async def delete_service(
+    service_id: UUID, request: Request, state: State, principal: Writer
+) -> Response:
+    return await _change(state, principal, request, service_id, "delete", None)
+
+
+@router.post("/{service_id}/start", status_code=202, response_model=ServicePublic)
+async def start_service(
+    service_id: UUID,
+    request: Request,
+    state: State,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _change(state, principal, request, service_id, "start", idempotency_key)
+
+
+@router.post("/{service_id}/stop", status_code=202, response_model=ServicePublic)
+async def stop_service(
+    service_id: UUID,
+    request: Request,
+    state: State,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _change(state, principal, request, service_id, "stop", idempotency_key)
+
+
+@router.post("/{service_id}/retry", status_code=202, response_model=ServicePublic)
+async def retry_service(
+    service_id: UUID,
+    request: Request,
+    state: State,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _change(state, principal, request, service_id, "retry", idempotency_key)
+
+
+@router.get("/{service_id}/credentials")
+async def get_credentials(
+    service_id: UUID, request: Request, response: Response, state: State, principal: SecretReader
+) -> dict[str, Any]:
+    """The instance's administrator credentials; audited, and refused if the audit fails."""
+    response.headers["Cache-Control"] = "no-store"
+    service = await get_service(state.pool, service_id)
+    public = await get_public(state.pool, service_id)
+    if service is None or public is None:
+        raise not_found("service", service_id)
+    if public.connection_info is None:
+        raise ApiError(409, "not_ready", "the service has no address yet; it is still provisioning")
+    ca_pem = await installation_ca_certificate(state.pool)
+    view = ENGINES[service.service_type].credentials_view(
+        service.credentials(state.keyring), public.connection_info, ca_pem or ""
+    )
+    async with state.pool.acquire() as conn:
+        await record_audit(
+            conn, principal, "service.credentials_revealed", str(service_id), request
+        )
+    return view

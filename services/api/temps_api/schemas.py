@@ -1,0 +1,60 @@
+"""Request and response bodies (XCreate / XPublic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from temps_shared.ids import NAME_PATTERN
+
+from temps_api.auth import PERMISSIONS
+
+
+class ServiceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Lowercase letters, digits and '-', starting with a letter, 2-38 characters.",
+    )
+    service_type: str = Field(description="postgres | redis | s3")
+    version: str | int | None = Field(None, description='A major version, e.g. "15".')
+    parameters: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+
+
+class ServicePublic(BaseModel):
+    id: UUID
+    name: str
+    service_type: str
+    version: str
+    status: str
+    status_reason: str | None
+    parameters: dict[str, Any]
+    resources: dict[str, Any]
+    connection_info: dict[str, Any] | None
+    generation: int
+    observed_generation: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    permissions: list[str] = Field(min_length=1, description=f"Any of: {', '.join(PERMISSIONS)}")
+
+
+class TokenPublic(BaseModel):
+    id: UUID
+    name: str
+    permissions: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="Shown once; only its hash is stored.")

@@ -1,0 +1,16 @@
+"""Gateway settings (`TEMPS_*`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from temps_shared.settings import TempsSettings
+
+
+class ApiSettings(TempsSettings):
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
+    api_port: int = Field(8080, description="Port the HTTP API binds.")
+    outbox_relay_enabled: bool = Field(
+        True, description="Relay the outbox to JetStream from this replica (off only in tests)."
+    )
+    outbox_poll_s: float = Field(1.0, description="Outbox poll period when no NOTIFY arrives.")
+    projector_enabled: bool = Field(True, description="Run the status projector in this replica.")

@@ -1,0 +1,3 @@
+from temps_provisioner.main import run
+
+run()

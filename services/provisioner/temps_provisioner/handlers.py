@@ -1,0 +1,64 @@
+"""One handler per command type, registered explicitly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from temps_shared.bus.consume import Delivery, TerminalError
+from temps_shared.bus.publish import publish_event
+from temps_shared.messages import Command, ReconcileService, ServiceFailed, decode_command
+
+from temps_provisioner.reconcile import Provisioner, reconcile
+
+log = logging.getLogger(__name__)
+
+
+async def handle_reconcile(p: Provisioner, command: ReconcileService) -> None:
+    log.info(
+        "reconciling service %s (generation %s, %s)",
+        command.service_id,
+        command.generation,
+        command.reason,
+        extra={"service_id": str(command.service_id), "message_id": str(command.message_id)},
+    )
+    await reconcile(p, command.service_id, cause=str(command.message_id))
+
+
+HANDLERS: dict[str, Callable[[Provisioner, Command], Awaitable[None]]] = {
+    ReconcileService.type_name(): handle_reconcile,  # type: ignore[dict-item]
+}
+
+
+def _decode(delivery: Delivery) -> Command:
+    try:
+        return decode_command(delivery.message_type, delivery.data)
+    except ValueError as exc:
+        raise TerminalError(f"undecodable command: {exc}") from exc
+
+
+def make_handler(p: Provisioner) -> Callable[[Delivery], Awaitable[None]]:
+    async def handle(delivery: Delivery) -> None:
+        command = _decode(delivery)
+        await HANDLERS[command.type_name()](p, command)
+
+    return handle
+
+
+def make_on_terminal(p: Provisioner) -> Callable[[Delivery, str], Awaitable[None]]:
+    async def on_terminal(delivery: Delivery, reason: str) -> None:
+        try:
+            command = decode_command(delivery.message_type, delivery.data)
+        except ValueError:
+            log.error("dropping undecodable command: %s", reason)
+            return
+        if isinstance(command, ReconcileService):
+            await publish_event(
+                p.js,
+                ServiceFailed(
+                    service_id=command.service_id, generation=command.generation, reason=reason
+                ),
+                dedupe_id=f"{command.message_id}:ServiceFailed",
+            )
+
+    return on_terminal

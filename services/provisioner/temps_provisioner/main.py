@@ -1,0 +1,72 @@
+"""Startup: the one function that owns the provisioner's I/O clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import docker
+from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.consume import consume
+from temps_shared.bus.topology import provisioner_consumer
+from temps_shared.crypto import KeyRing
+from temps_shared.runtime import DockerRuntime
+from temps_shared.store.certificate_authority import ensure_installation_ca
+from temps_shared.store.migrations import apply_migrations
+from temps_shared.store.pool import create_pool
+from temps_shared.telemetry import setup_logging, setup_tracing
+
+from temps_provisioner.handlers import make_handler, make_on_terminal
+from temps_provisioner.reconcile import Provisioner
+from temps_provisioner.settings import ProvisionerSettings
+
+
+async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
+    """Consume provisioner commands until `stop` is set, then drain."""
+    keyring = KeyRing.from_data_dir(settings.data_dir)
+    pool = await create_pool(settings.database_url, max_size=settings.concurrency * 2 + 2)
+    nc = await connect_nats(settings.nats_url, name=f"temps-provisioner-{settings.node_id}")
+    docker_client = docker.from_env()
+    try:
+        await apply_migrations(pool)
+        provisioner = Provisioner(
+            pool=pool,
+            js=nc.jetstream(),
+            runtime=DockerRuntime(docker_client, settings.docker_network),
+            keyring=keyring,
+            ca=await ensure_installation_ca(pool, keyring),
+            settings=settings,
+        )
+        await consume(
+            provisioner.js,
+            provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver),
+            make_handler(provisioner),
+            stop=stop,
+            on_terminal=make_on_terminal(provisioner),
+            concurrency=settings.concurrency,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await pool.close()
+        docker_client.close()
+
+
+def run() -> None:
+    settings = ProvisionerSettings()
+    setup_logging(settings.log_level)
+    setup_tracing("temps-provisioner")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,140 @@
+"""The bus contract: commands (imperatives) and events (facts), frozen and versioned.
+
+Changes are additive only. No message ever carries a plaintext secret.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServiceStatus(StrEnum):
+    PROVISIONING = "provisioning"
+    OPERATIONAL = "operational"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    message_id: UUID = Field(default_factory=uuid4)
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.__name__
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+class Command(Message):
+    worker: ClassVar[str]
+    verb: ClassVar[str]
+
+    @classmethod
+    def subject(cls) -> str:
+        return f"temps.cmd.{cls.worker}.{cls.verb}"
+
+
+class ReconcileService(Command):
+    """Converge a service to the desired state stored for it (create, start, stop or delete)."""
+
+    worker: ClassVar[str] = "provisioner"
+    verb: ClassVar[str] = "reconcile"
+
+    service_id: UUID
+    generation: int
+    reason: str
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+class Event(Message):
+    service_id: UUID
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    def subject(self) -> str:
+        return f"temps.evt.service.{self.service_id}.{self.type_name()}"
+
+
+class ServiceRequested(Event):
+    """A service was accepted by the gateway; it is provisioning."""
+
+    name: str
+    service_type: str
+    version: str
+    generation: int
+
+
+class ServiceOperationRequested(Event):
+    """The user asked for start, stop, retry or delete; the provisioner will converge."""
+
+    operation: str
+    generation: int
+
+
+class ServiceProvisioned(Event):
+    """Every member accepts connections; `connection_info` has the addresses (no secrets)."""
+
+    generation: int
+    connection_info: dict[str, Any]
+
+
+class ServiceStatusChanged(Event):
+    status: ServiceStatus
+    reason: str | None = None
+    generation: int | None = None
+
+
+class ServiceFailed(Event):
+    generation: int
+    reason: str
+
+
+class ServiceDeleted(Event):
+    generation: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type_name(): cls
+    for cls in (
+        ServiceRequested,
+        ServiceOperationRequested,
+        ServiceProvisioned,
+        ServiceStatusChanged,
+        ServiceFailed,
+        ServiceDeleted,
+    )
+}
+COMMAND_TYPES: dict[str, type[Command]] = {cls.type_name(): cls for cls in (ReconcileService,)}
+
+
+def decode_event(type_name: str, data: bytes) -> Event:
+    try:
+        cls = EVENT_TYPES[type_name]
+    except KeyError as exc:
+        raise ValueError(f"unknown event type {type_name!r}") from exc
+    return cls.model_validate_json(data)
+
+
+def decode_command(type_name: str, data: bytes) -> Command:
+    try:
+        cls = COMMAND_TYPES[type_name]
+    except KeyError as exc:
+        raise ValueError(f"unknown command type {type_name!r}") from exc
+    return cls.model_validate_json(data)

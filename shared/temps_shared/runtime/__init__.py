@@ -1,0 +1,17 @@
+"""The only code that talks to Docker."""
+
+from temps_shared.runtime.docker_runtime import (
+    ContainerSpec,
+    ContainerState,
+    DockerRuntime,
+    ImageMissingError,
+    PortInUseError,
+)
+
+__all__ = [
+    "ContainerSpec",
+    "ContainerState",
+    "DockerRuntime",
+    "ImageMissingError",
+    "PortInUseError",
+]

@@ -1,0 +1,57 @@
+"""Settings shared by every service, read from `TEMPS_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".temps"
+
+
+class TempsSettings(BaseSettings):
+    """The base every service's settings extend."""
+
+    model_config = SettingsConfigDict(env_prefix="TEMPS_", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql://temps:temps@127.0.0.1:5432/temps",
+        description="DSN of the control-plane PostgreSQL database.",
+    )
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server with JetStream.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Holds the master key (encryption_key) and the admin token (admin_token).",
+    )
+    node_id: str = Field("local", description="Id of the Docker host this agent operates.")
+    docker_network: str = Field("temps", description="Private network of service containers.")
+    service_addressing: Literal["private", "loopback"] = Field(
+        "loopback",
+        description=(
+            "How workers reach a service: by its container name on the private network "
+            "(workers run on that network) or by its loopback publication (workers on the host)."
+        ),
+    )
+    local_port_range: str = Field(
+        "20000-29999", description="Loopback ports handed out to service publications."
+    )
+    command_ack_wait_s: float = Field(
+        30.0, description="JetStream ack wait of command consumers; handlers heartbeat within it."
+    )
+    command_max_deliver: int = Field(
+        20, description="Deliveries of one command before it is declared failed."
+    )
+    postgres_images: dict[str, str] = Field(
+        default_factory=lambda: {"15": "temps/postgres:15"},
+        description="PostgreSQL major → image honouring the official postgres image contract.",
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @property
+    def port_range(self) -> tuple[int, int]:
+        low, _, high = self.local_port_range.partition("-")
+        return int(low), int(high)

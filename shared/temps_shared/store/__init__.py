@@ -1,0 +1,1 @@
+"""Control-plane PostgreSQL: pool, migrations and repositories."""

@@ -1,0 +1,110 @@
+"""Desired state of services (the gateway writes it; workers read it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from temps_shared.crypto import KeyRing
+from temps_shared.store.types import Connection, Executor
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    id: UUID
+    name: str
+    service_type: str
+    version: str
+    parameters: dict[str, Any]
+    resources: dict[str, Any]
+    secrets_ciphertext: str
+    desired_state: str
+    generation: int
+    purged: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def credentials(self, keyring: KeyRing) -> dict[str, str]:
+        """The admin credentials, decrypted (bound to this service's id)."""
+        plain = keyring.decrypt(self.secrets_ciphertext, secrets_aad(self.id))
+        data: dict[str, str] = json.loads(plain)
+        return data
+
+
+def secrets_aad(service_id: UUID) -> bytes:
+    return f"service-secrets:{service_id}".encode()
+
+
+def _record(row: asyncpg.Record) -> ServiceRecord:
+    return ServiceRecord(
+        id=row["id"],
+        name=row["name"],
+        service_type=row["service_type"],
+        version=row["version"],
+        parameters=row["parameters"],
+        resources=row["resources"],
+        secrets_ciphertext=row["secrets"],
+        desired_state=row["desired_state"],
+        generation=row["generation"],
+        purged=row["purged"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def get_service(
+    conn: Executor, service_id: UUID, *, for_update: bool = False
+) -> ServiceRecord | None:
+    sql = "SELECT * FROM services WHERE id = $1" + (" FOR UPDATE" if for_update else "")
+    row = await conn.fetchrow(sql, service_id)
+    return _record(row) if row else None
+
+
+async def insert_service(conn: Connection, record: ServiceRecord) -> None:
+    await conn.execute(
+        "INSERT INTO services (id, name, service_type, version, parameters, resources, secrets,"
+        " desired_state, generation, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        record.id,
+        record.name,
+        record.service_type,
+        record.version,
+        record.parameters,
+        record.resources,
+        record.secrets_ciphertext,
+        record.desired_state,
+        record.generation,
+        record.created_at,
+        record.updated_at,
+    )
+
+
+async def set_desired_state(conn: Connection, service_id: UUID, desired_state: str) -> int:
+    """Record a new desired state; returns the new generation."""
+    generation: int = await conn.fetchval(
+        "UPDATE services SET desired_state = $2, generation = generation + 1, updated_at = now()"
+        " WHERE id = $1 RETURNING generation",
+        service_id,
+        desired_state,
+    )
+    return generation
+
+
+async def bump_generation(conn: Connection, service_id: UUID) -> int:
+    generation: int = await conn.fetchval(
+        "UPDATE services SET generation = generation + 1, updated_at = now()"
+        " WHERE id = $1 RETURNING generation",
+        service_id,
+    )
+    return generation
+
+
+async def mark_purged(conn: Connection, service_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE services SET purged = true, updated_at = now() WHERE id = $1", service_id
+    )
