@@ -1,0 +1,175 @@
+"""Real parts for integration tests: a nats-server process, a control-plane PostgreSQL container
+(testcontainers, the project's own image), the local Docker engine, and the platform's services
+started in-process (or as subprocesses where a test kills them)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+import uvicorn
+from temps_api.main import create_app
+from temps_api.settings import ApiSettings
+from temps_provisioner.main import serve
+from temps_provisioner.settings import ProvisionerSettings
+from testcontainers.community.postgres import PostgresContainer
+
+from tests.support import TEST_LABEL, eventually, free_port, remove_services_named
+
+NAME_PREFIX = "it-"  # every service an integration test creates starts with this
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    remove_services_named(client, NAME_PREFIX)
+    yield client
+    remove_services_named(client, NAME_PREFIX)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    port = free_port()
+    store = tmp_path_factory.mktemp("jetstream")
+    proc = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def database_url(docker_client: docker.DockerClient) -> Iterator[str]:
+    container = PostgresContainer(
+        "temps/postgres:15", username="temps", password="temps", dbname="temps", driver=None
+    ).with_kwargs(labels={TEST_LABEL: "control-plane"})
+    with container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("temps-data")
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, nats_url: str, data_dir: Path) -> dict[str, str]:
+    """The settings every in-process or subprocess service of the tests shares."""
+    return {
+        "TEMPS_DATABASE_URL": database_url,
+        "TEMPS_NATS_URL": nats_url,
+        "TEMPS_DATA_DIR": str(data_dir),
+        "TEMPS_SERVICE_ADDRESSING": "loopback",
+        "TEMPS_LOCAL_PORT_RANGE": "21000-21999",
+        "TEMPS_COMMAND_ACK_WAIT_S": "5",
+        "TEMPS_LOG_LEVEL": "WARNING",
+    }
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict[str, Any]:
+    return {k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}
+
+
+class Platform:
+    """The API and the provisioner, in this process, on the real NATS/PostgreSQL/Docker."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self._server: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.base_url = ""
+
+    def api_settings(self, **overrides: Any) -> ApiSettings:
+        return ApiSettings(**_settings_kwargs(self.env), **overrides)
+
+    async def start_api(self, **overrides: Any) -> str:
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(self.api_settings(**overrides)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._tasks.append(asyncio.create_task(self._server.serve()))
+        server = self._server
+        await eventually(lambda: _true(server.started), 60, "the API to start")
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.base_url
+
+    async def stop_api(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def start_provisioner(self) -> None:
+        settings = ProvisionerSettings(**_settings_kwargs(self.env))
+        self._tasks.append(asyncio.create_task(serve(settings, self._stop)))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self.stop_api()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        token = token or admin_token(Path(self.env["TEMPS_DATA_DIR"]))
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def admin_token(data_dir: Path) -> str:
+    return (data_dir / "admin_token").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    base_env: dict[str, str], docker_client: docker.DockerClient
+) -> AsyncIterator[Platform]:
+    running = Platform(base_env)
+    await running.start_api()
+    await running.start_provisioner()
+    yield running
+    with contextlib.suppress(asyncio.CancelledError):
+        await running.stop()
+
+
+@pytest.fixture(scope="module")
+async def api(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    async with platform.client() as client:
+        yield client
+
+
+async def wait_status(
+    api: httpx.AsyncClient, service_id: str, status: str, timeout_s: float = 90
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
+        if body.get("status") == "failed" and status != "failed":
+            raise AssertionError(f"service failed: {body.get('status_reason')}")
+        return body if body.get("status") == status else None
+
+    return await eventually(probe, timeout_s, f"service {service_id} to be {status}")
