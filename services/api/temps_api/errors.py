@@ -26,14 +26,16 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+def _field(loc: tuple[Any, ...] | list[Any], prefix: str) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
 
 def validation_error(exc: ValidationError | RequestValidationError, prefix: str = "") -> ApiError:
+    """A 422 listing each problem with its field (`prefix` names the enclosing object)."""
     problems = [
-        {"field": prefix + _field(err["loc"]), "message": err["msg"]} for err in exc.errors()
+        {"field": _field(err["loc"], prefix), "message": err["msg"]} for err in exc.errors()
     ]
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return ApiError(422, "invalid_input", summary, problems)

@@ -42,8 +42,12 @@ async def run_relay(
 ) -> None:
     """Relay until `stop`; woken by NOTIFY from `outbox.enqueue`, polling as a fallback."""
     wake = asyncio.Event()
+
+    def on_notify(*_: object) -> None:
+        wake.set()
+
     listener = await pool.acquire()
-    await listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: wake.set())
+    await listener.add_listener(outbox.NOTIFY_CHANNEL, on_notify)
     try:
         while not stop.is_set():
             try:
@@ -56,5 +60,5 @@ async def run_relay(
             wake.clear()
     finally:
         with contextlib.suppress(Exception):
-            await listener.remove_listener(outbox.NOTIFY_CHANNEL, lambda *_: None)
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, on_notify)
         await pool.release(listener)

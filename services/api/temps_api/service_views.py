@@ -18,13 +18,20 @@ _SELECT = (
 )
 
 
+def _status(row: asyncpg.Record) -> str:
+    # A delete the user asked for shows at once, before the projector hears of it.
+    if row["desired_state"] == "deleted":
+        return ServiceStatus.DELETING
+    return str(row["status"] or ServiceStatus.PROVISIONING)
+
+
 def _public(row: asyncpg.Record) -> ServicePublic:
     return ServicePublic(
         id=row["id"],
         name=row["name"],
         service_type=row["service_type"],
         version=row["version"],
-        status=row["status"] or ServiceStatus.PROVISIONING,
+        status=_status(row),
         status_reason=row["status_reason"],
         parameters=row["parameters"],
         resources=row["resources"],

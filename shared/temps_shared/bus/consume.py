@@ -170,7 +170,12 @@ async def consume(
                 continue
             try:
                 msgs = await sub.fetch(batch=free, timeout=1.0)  # type: ignore[attr-defined]
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing to do this second
+            except Exception:
+                # A reconnect in progress, a server restart…: the loop must outlive it.
+                log.exception("fetching from %s failed; retrying", spec.durable)
+                await asyncio.sleep(1.0)
                 continue
             for msg in msgs:
                 task = asyncio.create_task(process(msg, spec, handle, on_terminal))

@@ -46,10 +46,15 @@ class PostgresParameters(BaseModel):
     def _spec_aliases(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            if "storage" in data:
-                data.setdefault("storage_gb", parse_size_gb(data.pop("storage")))
-            if "memory" in data:
-                data.setdefault("memory_mb", parse_size_mb(data.pop("memory")))
+            for alias, field, parse in (
+                ("storage", "storage_gb", parse_size_gb),
+                ("memory", "memory_mb", parse_size_mb),
+            ):
+                if alias in data:
+                    try:
+                        data.setdefault(field, parse(data.pop(alias)))
+                    except ValueError as exc:
+                        raise ValueError(f"{alias} ({field}): {exc}") from exc
         return data
 
     @field_validator("replicas")

@@ -76,7 +76,7 @@ def _check_create(body: ServiceCreate, state: State) -> tuple[str, dict[str, Any
     try:
         parameters = engine.parameters_model().model_validate(body.parameters or {})
     except ValidationError as exc:
-        raise validation_error(exc, prefix="parameters.") from exc
+        raise validation_error(exc, prefix="parameters") from exc
     return version, parameters.model_dump()
 
 
