@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from pydantic import ValidationError
+from temps_shared.engines.postgres import PostgresEngine, PostgresParameters, memory_settings
+from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
+from temps_shared.store.services import ServiceRecord
+from temps_shared.tls import create_ca, issue_server_certificate
+
+
+def test_defaults_follow_the_spec() -> None:
+    assert PostgresParameters().model_dump() == {
+        "storage_gb": 10,
+        "memory_mb": 1024,
+        "replicas": 0,
+        "backups": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"storage": "20GB"}, {"storage_gb": 20}),
+        ({"memory": "2GB"}, {"memory_mb": 2048}),
+        ({"memory": "512MB"}, {"memory_mb": 512}),
+        ({"memory": "1GiB"}, {"memory_mb": 1024}),
+    ],
+)
+def test_spec_aliases_with_units(given: dict[str, str], expected: dict[str, int]) -> None:
+    dumped = PostgresParameters.model_validate(given).model_dump()
+    assert {k: dumped[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"memory_mb": 127}, "memory_mb"),
+        ({"storage_gb": 0}, "storage_gb"),
+        ({"replicas": 2}, "replicas"),
+        ({"colour": "blue"}, "colour"),
+        ({"storage": "x"}, ""),
+    ],
+)
+def test_bad_parameters_are_refused(given: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PostgresParameters.model_validate(given)
+    assert field in str(caught.value)
+
+
+def test_sizes() -> None:
+    assert parse_size_mb(256) == 256
+    assert parse_size_mb("1.5GB") == 1536
+    assert parse_size_gb("10GB") == 10
+    assert parse_size_gb(5) == 5
+    for bad in ("ten", "", True, None):
+        with pytest.raises(ValueError, match="size"):
+            parse_size_mb(bad)
+
+
+def test_memory_settings_scale_with_the_allocation() -> None:
+    assert memory_settings(1024) == {
+        "shared_buffers": "256MB",
+        "effective_cache_size": "768MB",
+        "maintenance_work_mem": "64MB",
+        "work_mem": "2MB",
+    }
+    assert memory_settings(128)["shared_buffers"] == "32MB"
+
+
+def _service(name: str = "db1") -> ServiceRecord:
+    now = datetime.now(UTC)
+    return ServiceRecord(
+        id=uuid4(),
+        name=name,
+        service_type="postgres",
+        version="15",
+        parameters=PostgresParameters().model_dump(),
+        resources={},
+        secrets_ciphertext="",
+        desired_state="running",
+        generation=1,
+        purged=False,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
+    engine = PostgresEngine()
+    service = _service()
+    creds = engine.generate_credentials(service.name)
+    ca = create_ca()
+    cert = issue_server_certificate(ca, ["temps-postgres-db1", "localhost"], ["127.0.0.1"])
+    spec = engine.container_spec(service, creds, 21000, cert, "temps/postgres:15")
+    assert spec.name == "temps-postgres-db1"
+    assert spec.volume == "temps-postgres-db1-data"
+    assert spec.ports == {5432: 21000}
+    assert spec.labels["io.temps.service-id"] == str(service.id)
+    assert "shared_preload_libraries=pg_stat_statements" in spec.command
+    assert "archive_mode=off" in spec.command
+    assert set(spec.files) == {
+        "/etc/temps/tls/server.crt",
+        "/etc/temps/tls/server.key",
+        "/etc/temps/tls/ca.crt",
+    }
+    # Secrets do not feed the spec hash, so a password change does not recreate the container.
+    other = engine.container_spec(service, {**creds, "password": "x"}, 21000, cert, spec.image)
+    assert other.spec_hash() == spec.spec_hash()
+    moved = engine.container_spec(service, creds, 21001, cert, spec.image)
+    assert moved.spec_hash() != spec.spec_hash()
+
+
+def test_connection_urls_require_tls() -> None:
+    engine = PostgresEngine()
+    creds = {"username": "u", "password": "p", "database": "d"}
+    info = engine.connection_info(_service("app-db"), creds, 21005)
+    view = engine.credentials_view(creds, info, "CA")
+    assert view["connection_url"] == "postgresql://u:p@temps-postgres-app-db:5432/d?sslmode=require"
+    assert view["local_connection_url"] == "postgresql://u:p@127.0.0.1:21005/d?sslmode=require"
+    assert view["ca_certificate"] == "CA"
