@@ -6,9 +6,10 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker
+import httpx
 
 T = TypeVar("T")
 TEST_LABEL = "io.temps.test"
@@ -48,3 +49,15 @@ def remove_services_named(client: docker.DockerClient, prefix: str) -> None:
     for volume in client.volumes.list(filters={"label": "io.temps.managed=true"}):
         if (volume.name or "").startswith(f"temps-postgres-{prefix}"):
             volume.remove(force=True)
+
+
+async def wait_status(
+    api: httpx.AsyncClient, service_id: str, status: str, timeout_s: float = 90
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
+        if body.get("status") == "failed" and status != "failed":
+            raise AssertionError(f"service failed: {body.get('status_reason')}")
+        return body if body.get("status") == status else None
+
+    return await eventually(probe, timeout_s, f"service {service_id} to be {status}")

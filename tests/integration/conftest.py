@@ -161,15 +161,3 @@ async def platform(
 async def api(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     async with platform.client() as client:
         yield client
-
-
-async def wait_status(
-    api: httpx.AsyncClient, service_id: str, status: str, timeout_s: float = 90
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
-        if body.get("status") == "failed" and status != "failed":
-            raise AssertionError(f"service failed: {body.get('status_reason')}")
-        return body if body.get("status") == status else None
-
-    return await eventually(probe, timeout_s, f"service {service_id} to be {status}")

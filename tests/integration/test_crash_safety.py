@@ -16,8 +16,8 @@ import docker
 import httpx
 import pytest
 
-from tests.integration.conftest import Platform, admin_token, wait_status
-from tests.support import eventually, free_port, service_containers
+from tests.integration.conftest import Platform, admin_token
+from tests.support import eventually, free_port, service_containers, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

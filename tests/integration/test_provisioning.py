@@ -18,8 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temps_shared.bus.publish import publish_command
 from temps_shared.messages import ReconcileService
 
-from tests.integration.conftest import wait_status
-from tests.support import eventually, service_containers
+from tests.support import eventually, service_containers, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,0 +1,44 @@
+# Temps: the two commands are `make up` (run the platform) and `make test` (pass the tests).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+
+.PHONY: up down images prepare lint format test test-unit test-integration test-e2e bench
+
+up:            ## prepare the host, build images, start the platform, print URL + admin token
+	deploy/up.sh
+
+down:          ## stop the platform (data, volumes and managed services are kept)
+	deploy/down.sh
+
+prepare:       ## Docker engine, the project's venv, the `temps` network, the base image
+	deploy/prepare-host.sh
+
+images: prepare  ## build every image locally (skips images whose inputs did not change)
+	deploy/build-images.sh all
+
+lint: prepare  ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: prepare
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: images   ## lint, then every test tier: unit, integration, e2e
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory test-unit test-integration test-e2e
+
+test-unit:
+	$(PYTEST) tests/unit
+
+test-integration:
+	$(PYTEST) tests/integration
+
+test-e2e:
+	$(PYTEST) tests/e2e
+
+bench: up       ## benchmarks: ratios against a baseline measured in the same run
+	$(BIN)/python bench/provision_latency.py
