@@ -36,6 +36,7 @@ from temps_provisioner.service_lock import service_lock
 from temps_provisioner.settings import ProvisionerSettings
 
 log = logging.getLogger(__name__)
+READY_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ async def _wait_ready(
     else:
         host, port = "127.0.0.1", local_port
     deadline = time.monotonic() + p.settings.readiness_timeout_s
-    delay, last_error = 0.1, ""
+    last_error = ""
     while time.monotonic() < deadline:
         state = await p.runtime.inspect(name)
         if state is None:
@@ -160,8 +161,8 @@ async def _wait_ready(
             return
         except ServiceNotReadyError as exc:
             last_error = str(exc)
-        await asyncio.sleep(delay)
-        delay = min(1.0, delay * 1.5)
+        # A refused connection costs next to nothing: poll tightly, readiness is what users wait on.
+        await asyncio.sleep(READY_POLL_S)
     raise RetryableError(
         f"{name} did not accept connections within {p.settings.readiness_timeout_s:.0f}s "
         f"({last_error})",
