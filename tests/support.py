@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import docker
@@ -39,6 +40,18 @@ async def eventually(
 def service_containers(client: docker.DockerClient, service_id: str) -> list[str]:
     found = client.containers.list(all=True, filters={"label": f"io.temps.service-id={service_id}"})
     return [c.name or "" for c in found]
+
+
+@contextmanager
+def docker_for_tests(prefix: str) -> Iterator[docker.DockerClient]:
+    """A Docker client; services named `prefix…` are removed before and after."""
+    client = docker.from_env()
+    remove_services_named(client, prefix)
+    try:
+        yield client
+    finally:
+        remove_services_named(client, prefix)
+        client.close()
 
 
 def remove_services_named(client: docker.DockerClient, prefix: str) -> None:

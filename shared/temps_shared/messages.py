@@ -5,9 +5,10 @@ Changes are additive only. No message ever carries a plaintext secret.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,9 @@ class Message(BaseModel):
     @classmethod
     def type_name(cls) -> str:
         return cls.__name__
+
+
+M = TypeVar("M", bound=Message)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -124,17 +128,18 @@ EVENT_TYPES: dict[str, type[Event]] = {
 COMMAND_TYPES: dict[str, type[Command]] = {cls.type_name(): cls for cls in (ReconcileService,)}
 
 
-def decode_event(type_name: str, data: bytes) -> Event:
+def _decode(registry: Mapping[str, type[M]], kind: str, type_name: str, data: bytes) -> M:
     try:
-        cls = EVENT_TYPES[type_name]
+        cls = registry[type_name]
     except KeyError as exc:
-        raise ValueError(f"unknown event type {type_name!r}") from exc
+        raise ValueError(f"unknown {kind} type {type_name!r}") from exc
     return cls.model_validate_json(data)
+
+
+def decode_event(type_name: str, data: bytes) -> Event:
+    """The event named `type_name`; ValueError for an unknown type, ValidationError for bad data."""
+    return _decode(EVENT_TYPES, "event", type_name, data)
 
 
 def decode_command(type_name: str, data: bytes) -> Command:
-    try:
-        cls = COMMAND_TYPES[type_name]
-    except KeyError as exc:
-        raise ValueError(f"unknown command type {type_name!r}") from exc
-    return cls.model_validate_json(data)
+    return _decode(COMMAND_TYPES, "command", type_name, data)

@@ -13,7 +13,7 @@ import docker
 import httpx
 import pytest
 
-from tests.support import free_port, remove_services_named
+from tests.support import docker_for_tests, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAME_PREFIX = "e2e-"
@@ -53,11 +53,8 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    remove_services_named(client, NAME_PREFIX)
-    yield client
-    remove_services_named(client, NAME_PREFIX)
-    client.close()
+    with docker_for_tests(NAME_PREFIX) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

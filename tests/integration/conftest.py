@@ -23,18 +23,15 @@ from temps_provisioner.main import serve
 from temps_provisioner.settings import ProvisionerSettings
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.support import TEST_LABEL, eventually, free_port, remove_services_named
+from tests.support import TEST_LABEL, docker_for_tests, eventually, free_port
 
 NAME_PREFIX = "it-"  # every service an integration test creates starts with this
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    remove_services_named(client, NAME_PREFIX)
-    yield client
-    remove_services_named(client, NAME_PREFIX)
-    client.close()
+    with docker_for_tests(NAME_PREFIX) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

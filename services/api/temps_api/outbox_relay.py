@@ -17,11 +17,15 @@ from temps_shared.store import outbox
 
 log = logging.getLogger(__name__)
 BATCH = 100
+RELAY_LOCK_KEY = 0x7E3F5_0002
 
 
 async def relay_batch(pool: asyncpg.Pool, js: JetStreamContext) -> int:
     """Publish one batch of unpublished rows; returns how many."""
     async with pool.acquire() as conn, conn.transaction():
+        # One relay at a time across replicas, so messages go out in the order they were written.
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
+            return 0
         rows = await outbox.claim_unpublished(conn, BATCH)
         for row in rows:
             await publish_raw(

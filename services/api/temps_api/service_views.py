@@ -19,8 +19,9 @@ _SELECT = (
 
 
 def _status(row: asyncpg.Record) -> str:
-    # A delete the user asked for shows at once, before the projector hears of it.
-    if row["desired_state"] == "deleted":
+    # A delete the user asked for shows at once, before the projector hears of it; a delete
+    # that failed shows as failed, with its reason.
+    if row["desired_state"] == "deleted" and row["status"] != ServiceStatus.FAILED:
         return ServiceStatus.DELETING
     return str(row["status"] or ServiceStatus.PROVISIONING)
 

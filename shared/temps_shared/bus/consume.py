@@ -132,7 +132,11 @@ async def process(
             return
         finally:
             beat.cancel()
-        await msg.ack_sync(timeout=5)
+        try:
+            await msg.ack_sync(timeout=5)
+        except Exception:
+            # The work is done and recorded; a redelivery will find it so and converge.
+            log.warning("ack of %s was not confirmed; it may be redelivered", msg.subject)
 
 
 async def _terminate(
