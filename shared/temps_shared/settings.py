@@ -45,9 +45,12 @@ class TempsSettings(BaseSettings):
     command_max_deliver: int = Field(
         20, description="Deliveries of one command before it is declared failed."
     )
-    postgres_images: dict[str, str] = Field(
-        default_factory=lambda: {"15": "temps/postgres:15"},
-        description="PostgreSQL major → image honouring the official postgres image contract.",
+    images: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"postgres": {"15": "temps/postgres:15"}},
+        description=(
+            "Service type → major version → image on offer. The images `make images` builds are "
+            "the default; configuration may add others honouring the same contract (JSON)."
+        ),
     )
     log_level: str = Field("INFO", description="Python logging level.")
 

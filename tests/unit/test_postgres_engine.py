@@ -94,7 +94,7 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
     creds = engine.generate_credentials(service.name)
     ca = create_ca()
     cert = issue_server_certificate(ca, ["temps-postgres-db1", "localhost"], ["127.0.0.1"])
-    spec = engine.container_spec(service, creds, 21000, cert, "temps/postgres:15")
+    spec = engine.container_spec(service, creds, {"postgres": 21000}, cert, "temps/postgres:15")
     assert spec.name == "temps-postgres-db1"
     assert spec.volume == "temps-postgres-db1-data"
     assert spec.ports == {5432: 21000}
@@ -107,16 +107,18 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
         "/etc/temps/tls/ca.crt",
     }
     # Secrets do not feed the spec hash, so a password change does not recreate the container.
-    other = engine.container_spec(service, {**creds, "password": "x"}, 21000, cert, spec.image)
+    other = engine.container_spec(
+        service, {**creds, "password": "x"}, {"postgres": 21000}, cert, spec.image
+    )
     assert other.spec_hash() == spec.spec_hash()
-    moved = engine.container_spec(service, creds, 21001, cert, spec.image)
+    moved = engine.container_spec(service, creds, {"postgres": 21001}, cert, spec.image)
     assert moved.spec_hash() != spec.spec_hash()
 
 
 def test_connection_urls_require_tls() -> None:
     engine = PostgresEngine()
     creds = {"username": "u", "password": "p", "database": "d"}
-    info = engine.connection_info(_service("app-db"), creds, 21005)
+    info = engine.connection_info(_service("app-db"), creds, {"postgres": 21005})
     view = engine.credentials_view(creds, info, "CA")
     assert view["connection_url"] == "postgresql://u:p@temps-postgres-app-db:5432/d?sslmode=require"
     assert view["local_connection_url"] == "postgresql://u:p@127.0.0.1:21005/d?sslmode=require"

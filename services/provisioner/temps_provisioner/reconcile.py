@@ -19,6 +19,7 @@ from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.crypto import KeyRing
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
+from temps_shared.engines.base import Endpoints
 from temps_shared.ids import LABEL_MANAGED, LABEL_SERVICE_ID, container_name, volume_name
 from temps_shared.messages import (
     Event,
@@ -28,7 +29,7 @@ from temps_shared.messages import (
     ServiceStatusChanged,
 )
 from temps_shared.runtime import ContainerState, DockerRuntime, ImageMissingError, PortInUseError
-from temps_shared.store import placements
+from temps_shared.store import ports
 from temps_shared.store.services import ServiceRecord, get_service, mark_purged
 from temps_shared.tls import CertificateAuthority, issue_server_certificate
 
@@ -93,11 +94,11 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
     credentials = service.credentials(p.keyring)
     name = container_name(service.service_type, service.name)
     container = await _owned_container(p, service)
-    local_port = await placements.reserve_local_port(
-        p.pool, service.id, p.settings.node_id, p.settings.port_range
+    local_ports = await ports.reserve_local_ports(
+        p.pool, service.id, p.settings.node_id, list(engine.ports), p.settings.port_range
     )
     certificate = issue_server_certificate(p.ca, [name, "localhost"], ["127.0.0.1"])
-    spec = engine.container_spec(service, credentials, local_port, certificate, image)
+    spec = engine.container_spec(service, credentials, local_ports, certificate, image)
 
     if container is not None and container.spec_hash != spec.spec_hash():
         log.info("recreating %s: its spec drifted (data stays on its volume)", name)
@@ -117,34 +118,40 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
         raise TerminalError(str(exc)) from exc
     except PortInUseError as exc:
         # Something outside the platform holds the port: take another, recreate next delivery.
-        await placements.reserve_local_port(
+        await ports.reserve_local_ports(
             p.pool,
             service.id,
             p.settings.node_id,
+            list(engine.ports),
             p.settings.port_range,
             exclude=frozenset({exc.port}),
         )
         raise RetryableError(str(exc), delay_s=0.2) from exc
 
-    await _wait_ready(p, engine, name, local_port, credentials)
+    endpoints = _endpoints(p, engine, name, local_ports)
+    await _wait_ready(p, engine, name, endpoints, credentials)
+    await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
     await _emit(
         p,
         ServiceProvisioned(
             service_id=service.id,
             generation=service.generation,
-            connection_info=engine.connection_info(service, credentials, local_port),
+            connection_info=engine.connection_info(service, credentials, local_ports),
         ),
         cause,
     )
 
 
-async def _wait_ready(
-    p: Provisioner, engine: Engine, name: str, local_port: int, credentials: dict[str, str]
-) -> None:
+def _endpoints(p: Provisioner, engine: Engine, name: str, local_ports: dict[str, int]) -> Endpoints:
+    """Where this worker dials each port: one setting decides, here only."""
     if p.settings.service_addressing == "private":
-        host, port = name, engine.internal_port
-    else:
-        host, port = "127.0.0.1", local_port
+        return {port_name: (name, port) for port_name, port in engine.ports.items()}
+    return {port_name: ("127.0.0.1", local_ports[port_name]) for port_name in engine.ports}
+
+
+async def _wait_ready(
+    p: Provisioner, engine: Engine, name: str, endpoints: Endpoints, credentials: dict[str, str]
+) -> None:
     deadline = time.monotonic() + p.settings.readiness_timeout_s
     last_error = ""
     while time.monotonic() < deadline:
@@ -157,7 +164,7 @@ async def _wait_ready(
                 f"container {name} exited with code {state.exit_code} while starting:\n{tail}"
             )
         try:
-            await engine.check_ready(host, port, credentials, p.ca.cert_pem)
+            await engine.check_ready(endpoints, credentials, p.ca.cert_pem)
             return
         except ServiceNotReadyError as exc:
             last_error = str(exc)
@@ -193,7 +200,7 @@ async def _delete(p: Provisioner, service: ServiceRecord, cause: str) -> None:
             await p.runtime.remove(container_name(service.service_type, service.name))
         await p.runtime.remove_volume(volume_name(service.service_type, service.name))
         async with p.pool.acquire() as conn, conn.transaction():
-            await placements.delete_placement(conn, service.id)
+            await ports.release_ports(conn, service.id)
             await mark_purged(conn, service.id)
     # Re-emitted on redelivery too: the projector may not have seen it before a crash.
     await _emit(p, ServiceDeleted(service_id=service.id, generation=service.generation), cause)

@@ -11,7 +11,7 @@ ENGINES: dict[str, Engine] = {"postgres": PostgresEngine()}
 
 def offered_versions(settings: TempsSettings, service_type: str) -> dict[str, str]:
     """Version → image this installation can run for `service_type`."""
-    return dict(settings.postgres_images) if service_type == "postgres" else {}
+    return dict(settings.images.get(service_type, {}))
 
 
 def default_version(versions: dict[str, str]) -> str:

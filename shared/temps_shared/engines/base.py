@@ -1,4 +1,8 @@
-"""What every engine module provides (PostgreSQL today; Redis and S3 plug in the same way)."""
+"""What every engine module provides: PostgreSQL, Redis and S3 plug in the same way.
+
+The provisioner owns the lifecycle (names, volumes, ports, certificates, Docker); an engine says
+how its service type runs, when it is ready, what finishes its setup, and how it is reached.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,10 @@ from temps_shared.runtime import ContainerSpec
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
+# Port name → (host, port) a worker dials: the private name and container port when workers
+# run on the `temps` network, the loopback publication otherwise.
+Endpoints = dict[str, tuple[str, int]]
+
 
 class ServiceNotReadyError(Exception):
     """The service does not accept connections yet."""
@@ -17,35 +25,53 @@ class ServiceNotReadyError(Exception):
 
 class Engine(Protocol):
     service_type: str
-    internal_port: int
+    # Port name → container port; each is published on its own loopback port.
+    ports: dict[str, int]
 
-    def parameters_model(self) -> type[BaseModel]: ...
+    def parameters_model(self) -> type[BaseModel]:
+        """Validates `parameters` (defaults filled in, spec aliases accepted)."""
+        ...
 
-    def generate_credentials(self, name: str) -> dict[str, str]: ...
+    def generate_credentials(self, name: str) -> dict[str, str]:
+        """The admin credentials of a new service (stored encrypted, never in events)."""
+        ...
 
     def container_spec(
         self,
         service: ServiceRecord,
         credentials: dict[str, str],
-        local_port: int,
+        local_ports: dict[str, int],
         certificate: ServerCertificate,
         image: str,
-    ) -> ContainerSpec: ...
+    ) -> ContainerSpec:
+        """The container of the service; files (TLS, config) travel in `ContainerSpec.files`."""
+        ...
 
     def connection_info(
-        self, service: ServiceRecord, credentials: dict[str, str], local_port: int
-    ) -> dict[str, Any]: ...
+        self, service: ServiceRecord, credentials: dict[str, str], local_ports: dict[str, int]
+    ) -> dict[str, Any]:
+        """Addresses (private and loopback) and non-secret names, as API.md's connection_info."""
+        ...
 
     async def check_ready(
-        self, host: str, port: int, credentials: dict[str, str], ca_pem: str
+        self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
     ) -> None:
         """Return when the service accepts an authenticated connection; raise
         `ServiceNotReadyError` otherwise."""
         ...
 
-    def credentials_view(
+    async def after_ready(
         self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
         credentials: dict[str, str],
-        connection_info: dict[str, Any],
         ca_pem: str,
-    ) -> dict[str, Any]: ...
+    ) -> None:
+        """Idempotent setup once the service is ready (e.g. a default bucket)."""
+        ...
+
+    def credentials_view(
+        self, credentials: dict[str, str], connection_info: dict[str, Any], ca_pem: str
+    ) -> dict[str, Any]:
+        """The `/credentials` answer."""
+        ...

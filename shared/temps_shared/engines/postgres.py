@@ -9,7 +9,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from temps_shared.crypto import generate_password
-from temps_shared.engines.base import ServiceNotReadyError
+from temps_shared.engines.base import Endpoints, ServiceNotReadyError
 from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
 from temps_shared.ids import (
     LABEL_MANAGED,
@@ -101,7 +101,7 @@ def _url(user: str, password: str, host: str, port: int, database: str) -> str:
 
 class PostgresEngine:
     service_type = "postgres"
-    internal_port = PORT
+    ports = {"postgres": PORT}
 
     def parameters_model(self) -> type[BaseModel]:
         return PostgresParameters
@@ -117,7 +117,7 @@ class PostgresEngine:
         self,
         service: ServiceRecord,
         credentials: dict[str, str],
-        local_port: int,
+        local_ports: dict[str, int],
         certificate: ServerCertificate,
         image: str,
     ) -> ContainerSpec:
@@ -133,7 +133,7 @@ class PostgresEngine:
             },
             volume=volume_name(service.service_type, service.name),
             mount_path=DATA_MOUNT,
-            ports={PORT: local_port},
+            ports={PORT: local_ports["postgres"]},
             env={
                 "POSTGRES_USER": credentials["username"],
                 "POSTGRES_PASSWORD": credentials["password"],
@@ -148,20 +148,21 @@ class PostgresEngine:
         )
 
     def connection_info(
-        self, service: ServiceRecord, credentials: dict[str, str], local_port: int
+        self, service: ServiceRecord, credentials: dict[str, str], local_ports: dict[str, int]
     ) -> dict[str, Any]:
         return {
             "host": container_name(service.service_type, service.name),
             "port": PORT,
             "local_host": "127.0.0.1",
-            "local_port": local_port,
+            "local_port": local_ports["postgres"],
             "database": credentials["database"],
             "username": credentials["username"],
         }
 
     async def check_ready(
-        self, host: str, port: int, credentials: dict[str, str], ca_pem: str
+        self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
     ) -> None:
+        host, port = endpoints["postgres"]
         try:
             conn = await asyncpg.connect(
                 host=host,
@@ -180,6 +181,15 @@ class PostgresEngine:
             raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
         finally:
             await conn.close(timeout=5)
+
+    async def after_ready(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        credentials: dict[str, str],
+        ca_pem: str,
+    ) -> None:
+        return None  # initdb created the admin role and the database
 
     def credentials_view(
         self,

@@ -15,12 +15,15 @@ CREATE TABLE services (
 );
 CREATE UNIQUE INDEX services_live_name ON services (name) WHERE NOT purged;
 
--- Actual state the provisioner must remember: where a service lives and its loopback port.
-CREATE TABLE service_placements (
-    service_id  uuid PRIMARY KEY REFERENCES services (id),
+-- Actual state the provisioner must remember: the loopback ports a service keeps across
+-- restarts and recreates, one per (member, port name), e.g. "primary/postgres".
+CREATE TABLE service_ports (
+    service_id  uuid NOT NULL REFERENCES services (id),
+    port_name   text NOT NULL,
     node_id     text NOT NULL,
     local_port  integer NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service_id, port_name),
     UNIQUE (node_id, local_port)
 );
 
