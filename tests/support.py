@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import socket
+import string
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import docker
@@ -14,6 +18,11 @@ import httpx
 
 T = TypeVar("T")
 TEST_LABEL = "io.temps.test"
+# Every service a test session creates is named with this session's prefix, so concurrent
+# sessions (a developer's and a helper's) never clean up each other's containers.
+RUN_PREFIX = "t" + "".join(random.choices(string.ascii_lowercase, k=4)) + "-"
+STALE_TEST_NAME = re.compile(r"^temps-[a-z0-9]+-(t[a-z]{4}|e2e)-")
+STALE_AFTER_S = 1800.0
 
 
 def free_port() -> int:
@@ -44,23 +53,31 @@ def service_containers(client: docker.DockerClient, service_id: str) -> list[str
 
 @contextmanager
 def docker_for_tests(prefix: str) -> Iterator[docker.DockerClient]:
-    """A Docker client; services named `prefix…` are removed before and after."""
+    """A Docker client; services named `prefix…` are removed afterwards, and leftovers of
+    earlier, crashed runs (any run prefix, older than STALE_AFTER_S) before."""
     client = docker.from_env()
-    remove_services_named(client, prefix)
+    remove_test_services(client, STALE_TEST_NAME, older_than_s=STALE_AFTER_S)
     try:
         yield client
     finally:
-        remove_services_named(client, prefix)
+        remove_test_services(client, re.compile(rf"^temps-[a-z0-9]+-{re.escape(prefix)}"))
         client.close()
 
 
-def remove_services_named(client: docker.DockerClient, prefix: str) -> None:
-    """Remove managed containers and volumes whose service name starts with `prefix`."""
+def remove_test_services(
+    client: docker.DockerClient, name: re.Pattern[str], older_than_s: float = 0.0
+) -> None:
+    """Remove managed containers and volumes whose name matches `name` (and old enough)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+
+    def old(created: str) -> bool:
+        return datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00") <= cutoff
+
     for container in client.containers.list(all=True, filters={"label": "io.temps.managed=true"}):
-        if (container.name or "").startswith(f"temps-postgres-{prefix}"):
+        if name.match(container.name or "") and old(container.attrs["Created"]):
             container.remove(force=True)
     for volume in client.volumes.list(filters={"label": "io.temps.managed=true"}):
-        if (volume.name or "").startswith(f"temps-postgres-{prefix}"):
+        if name.match(volume.name or "") and old(volume.attrs["CreatedAt"]):
             volume.remove(force=True)
 
 

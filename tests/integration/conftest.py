@@ -23,14 +23,12 @@ from temps_provisioner.main import serve
 from temps_provisioner.settings import ProvisionerSettings
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.support import TEST_LABEL, docker_for_tests, eventually, free_port
-
-NAME_PREFIX = "it-"  # every service an integration test creates starts with this
+from tests.support import RUN_PREFIX, TEST_LABEL, docker_for_tests, eventually, free_port
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    with docker_for_tests(NAME_PREFIX) as client:
+    with docker_for_tests(RUN_PREFIX) as client:
         yield client
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Platform, admin_token
+from tests.support import RUN_PREFIX as P
 from tests.support import eventually, free_port, service_containers, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -76,7 +77,7 @@ async def test_killed_provisioner_converges_with_one_container(
     try:
         async with platform.client() as api:
             response = await api.post(
-                "/api/external-services", json={"name": "it-crash", "service_type": "postgres"}
+                "/api/external-services", json={"name": f"{P}crash", "service_type": "postgres"}
             )
             assert response.status_code == 202
             service_id = response.json()["id"]
@@ -94,7 +95,7 @@ async def test_killed_provisioner_converges_with_one_container(
 
             processes.start("temps_provisioner")
             await wait_status(api, service_id, "operational", timeout_s=120)
-            assert service_containers(docker_client, service_id) == ["temps-postgres-it-crash"]
+            assert service_containers(docker_client, service_id) == [f"temps-postgres-{P}crash"]
             await _delete_and_wait(api, service_id)
     finally:
         await platform.stop()
@@ -123,7 +124,7 @@ async def test_accepted_request_survives_an_api_kill(
 
         await eventually(healthy, 60, "the API subprocess to answer")
         response = await dying.post(
-            "/api/external-services", json={"name": "it-outbox", "service_type": "postgres"}
+            "/api/external-services", json={"name": f"{P}outbox", "service_type": "postgres"}
         )
         assert response.status_code == 202
         service_id: str = response.json()["id"]
@@ -148,7 +149,7 @@ async def test_accepted_request_survives_an_api_kill(
             service: dict[str, Any] = await wait_status(
                 api, service_id, "operational", timeout_s=120
             )
-            assert service["name"] == "it-outbox"
+            assert service["name"] == f"{P}outbox"
             await _delete_and_wait(api, service_id)
     finally:
         await platform.stop()

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temps_shared.bus.publish import publish_command
 from temps_shared.messages import ReconcileService
 
+from tests.support import RUN_PREFIX as P
 from tests.support import eventually, service_containers, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,7 +41,7 @@ async def _create(api: httpx.AsyncClient, name: str, **extra: Any) -> dict[str, 
 
 @pytest.fixture(scope="module")
 async def db1(api: httpx.AsyncClient) -> dict[str, Any]:
-    created = await _create(api, "it-db1", parameters={"memory": "256MB"})
+    created = await _create(api, f"{P}db1", parameters={"memory": "256MB"})
     await wait_status(api, created["id"], "operational")
     return created
 
@@ -49,7 +50,7 @@ async def test_create_is_accepted_then_operational(
     api: httpx.AsyncClient, docker_client: docker.DockerClient, spans: InMemorySpanExporter
 ) -> None:
     response = await api.post(
-        "/api/external-services", json={"name": "it-traced", "service_type": "postgres"}
+        "/api/external-services", json={"name": f"{P}traced", "service_type": "postgres"}
     )
     assert response.status_code == 202
     body = response.json()
@@ -66,11 +67,11 @@ async def test_create_is_accepted_then_operational(
     operational = await wait_status(api, body["id"], "operational")
     assert operational["observed_generation"] == operational["generation"] == 1
     info = operational["connection_info"]
-    assert info["host"] == "temps-postgres-it-traced"
+    assert info["host"] == f"temps-postgres-{P}traced"
     assert info["port"] == 5432
     assert info["local_host"] == "127.0.0.1"
     assert 21000 <= info["local_port"] <= 21999
-    assert service_containers(docker_client, body["id"]) == ["temps-postgres-it-traced"]
+    assert service_containers(docker_client, body["id"]) == [f"temps-postgres-{P}traced"]
 
     # One trace: the provisioner's span for the command is in the HTTP request's trace.
     finished = spans.get_finished_spans()
@@ -92,7 +93,7 @@ async def test_credentials_open_a_tls_connection(
     assert response.headers["cache-control"] == "no-store"
     creds = response.json()
     assert creds["connection_url"].endswith("?sslmode=require")
-    assert "@temps-postgres-it-db1:5432/" in creds["connection_url"]
+    assert f"@temps-postgres-{P}db1:5432/" in creds["connection_url"]
 
     # verify-full against the installation CA, on the loopback publication.
     conn = await asyncpg.connect(
@@ -125,7 +126,7 @@ async def test_stop_start_keeps_data_and_local_port(
 
     assert (await api.post(f"/api/external-services/{db1['id']}/stop")).status_code == 202
     await wait_status(api, db1["id"], "stopped")
-    assert docker_client.containers.get("temps-postgres-it-db1").status == "exited"
+    assert docker_client.containers.get(f"temps-postgres-{P}db1").status == "exited"
 
     assert (await api.post(f"/api/external-services/{db1['id']}/start")).status_code == 202
     after = await wait_status(api, db1["id"], "operational")
@@ -145,21 +146,21 @@ async def test_bad_input_is_refused_and_creates_nothing(
     before = {c.name for c in docker_client.containers.list(all=True, filters=managed)}
 
     cases: list[tuple[dict[str, Any], int, str]] = [
-        ({"name": "it-x", "service_type": "mysql"}, 422, "service_type"),
+        ({"name": f"{P}x", "service_type": "mysql"}, 422, "service_type"),
         ({"name": "It_Bad", "service_type": "postgres"}, 422, "name"),
         ({"name": "x", "service_type": "postgres"}, 422, "name"),
-        ({"name": "it-x", "service_type": "postgres", "version": "16"}, 422, "version"),
+        ({"name": f"{P}x", "service_type": "postgres", "version": "16"}, 422, "version"),
         (
-            {"name": "it-x", "service_type": "postgres", "parameters": {"memory_mb": 64}},
+            {"name": f"{P}x", "service_type": "postgres", "parameters": {"memory_mb": 64}},
             422,
             "parameters.memory_mb",
         ),
         (
-            {"name": "it-x", "service_type": "postgres", "parameters": {"storage": "lots"}},
+            {"name": f"{P}x", "service_type": "postgres", "parameters": {"storage": "lots"}},
             422,
             "storage",
         ),
-        ({"name": "it-db1", "service_type": "postgres"}, 409, "name"),
+        ({"name": f"{P}db1", "service_type": "postgres"}, 409, "name"),
     ]
     for body, status, field in cases:
         response = await api.post("/api/external-services", json=body)
@@ -171,7 +172,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
 
     async with httpx.AsyncClient(base_url=platform.base_url) as anonymous:
         response = await anonymous.post(
-            "/api/external-services", json={"name": "it-y", "service_type": "postgres"}
+            "/api/external-services", json={"name": f"{P}y", "service_type": "postgres"}
         )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthenticated"
@@ -183,7 +184,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
     async with platform.client(created.json()["token"]) as reader:
         assert (await reader.get("/api/external-services")).status_code == 200
         response = await reader.post(
-            "/api/external-services", json={"name": "it-y", "service_type": "postgres"}
+            "/api/external-services", json={"name": f"{P}y", "service_type": "postgres"}
         )
         assert response.status_code == 403
         assert "external_services:write" in response.json()["error"]["message"]
@@ -192,23 +193,23 @@ async def test_bad_input_is_refused_and_creates_nothing(
         ).status_code == 403
 
     names = {s["name"] for s in (await api.get("/api/external-services")).json()}
-    assert not names & {"it-x", "it-y", "It_Bad", "x"}
+    assert not names & {f"{P}x", f"{P}y", "It_Bad", "x"}
     await asyncio.sleep(1)  # a wrongly queued command would have reached Docker by now
     after = {c.name for c in docker_client.containers.list(all=True, filters=managed)}
-    assert after <= before | {"temps-postgres-it-traced"}
+    assert after <= before | {f"temps-postgres-{P}traced"}
 
 
 async def test_idempotency_key_replays_the_first_answer(
     api: httpx.AsyncClient, nats_url: str, docker_client: docker.DockerClient
 ) -> None:
     key = str(uuid4())
-    body = {"name": "it-idem", "service_type": "postgres"}
+    body = {"name": f"{P}idem", "service_type": "postgres"}
     first = await api.post("/api/external-services", json=body, headers={"Idempotency-Key": key})
     second = await api.post("/api/external-services", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 202
     assert first.json() == second.json()
     assert [s["name"] for s in (await api.get("/api/external-services")).json()].count(
-        "it-idem"
+        f"{P}idem"
     ) == 1
 
     # A command delivered twice (another id, same service) still makes one container.
@@ -220,7 +221,7 @@ async def test_idempotency_key_replays_the_first_answer(
     await nc.close()
     await wait_status(api, service_id, "operational")
     await asyncio.sleep(1)
-    assert service_containers(docker_client, service_id) == ["temps-postgres-it-idem"]
+    assert service_containers(docker_client, service_id) == [f"temps-postgres-{P}idem"]
 
 
 async def test_events_stream_follows_a_provisioning(api: httpx.AsyncClient) -> None:
@@ -231,7 +232,7 @@ async def test_events_stream_follows_a_provisioning(api: httpx.AsyncClient) -> N
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.aiter_lines()
         assert await anext(lines) == ": connected"
-        service_id = (await _create(api, "it-events"))["id"]
+        service_id = (await _create(api, f"{P}events"))["id"]
 
         async def read_until_provisioned() -> None:
             event_type = ""
@@ -256,7 +257,7 @@ async def test_delete_removes_container_and_volume(
     api: httpx.AsyncClient, docker_client: docker.DockerClient
 ) -> None:
     for service in (await api.get("/api/external-services")).json():
-        if service["name"].startswith("it-"):
+        if service["name"].startswith(P):
             response = await api.delete(f"/api/external-services/{service['id']}")
             assert response.status_code == 202
             assert response.json()["status"] == "deleting"
