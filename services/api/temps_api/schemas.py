@@ -25,6 +25,14 @@ class ServiceCreate(BaseModel):
     resources: dict[str, Any] | None = None
 
 
+class ServiceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(
+        description="Parameters to change; merged with the stored ones (spec aliases accepted)."
+    )
+
+
 class ServicePublic(BaseModel):
     id: UUID
     name: str

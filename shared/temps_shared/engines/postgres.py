@@ -50,9 +50,9 @@ class PostgresParameters(BaseModel):
                 ("storage", "storage_gb", parse_size_gb),
                 ("memory", "memory_mb", parse_size_mb),
             ):
-                if alias in data:
+                if alias in data:  # the alias wins: a PATCH may send it over a stored value
                     try:
-                        data.setdefault(field, parse(data.pop(alias)))
+                        data[field] = parse(data.pop(alias))
                     except ValueError as exc:
                         raise ValueError(f"{alias} ({field}): {exc}") from exc
         return data

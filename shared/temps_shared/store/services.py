@@ -104,6 +104,17 @@ async def bump_generation(conn: Connection, service_id: UUID) -> int:
     return generation
 
 
+async def update_parameters(conn: Connection, service_id: UUID, parameters: dict[str, Any]) -> int:
+    """Store new parameters; returns the new generation."""
+    generation: int = await conn.fetchval(
+        "UPDATE services SET parameters = $2, generation = generation + 1, updated_at = now()"
+        " WHERE id = $1 RETURNING generation",
+        service_id,
+        parameters,
+    )
+    return generation
+
+
 async def mark_purged(conn: Connection, service_id: UUID) -> None:
     await conn.execute(
         "UPDATE services SET purged = true, updated_at = now() WHERE id = $1", service_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
@@ -26,6 +27,7 @@ from temps_shared.store.services import (
     insert_service,
     secrets_aad,
     set_desired_state,
+    update_parameters,
 )
 from temps_shared.store.types import Connection
 
@@ -34,7 +36,7 @@ from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECR
 from temps_api.deps import State, require
 from temps_api.errors import ApiError, not_found, validation_error
 from temps_api.idempotency import Answer, run_once
-from temps_api.schemas import ServiceCreate, ServicePublic
+from temps_api.schemas import ServiceCreate, ServicePublic, ServiceUpdate
 from temps_api.service_views import get_public, list_public
 
 router = APIRouter(prefix="/api/external-services", tags=["external-services"])
@@ -178,14 +180,34 @@ async def get_service_public(service_id: UUID, state: State, _: Reader) -> Servi
     return service
 
 
+# Applies an operation's change to the desired state; returns the new generation.
+Apply = Callable[[Connection, ServiceRecord], Awaitable[int]]
+
+
+def _set_desired(desired_state: str) -> Apply:
+    async def apply(conn: Connection, service: ServiceRecord) -> int:
+        return await set_desired_state(conn, service.id, desired_state)
+
+    return apply
+
+
+async def _retry(conn: Connection, service: ServiceRecord) -> int:
+    return await bump_generation(conn, service.id)
+
+
 async def _change(
     state: State,
     principal: Principal,
     request: Request,
     service_id: UUID,
     operation: str,
-    idempotency_key: str | None,
+    apply: Apply,
+    idempotency_key: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Response:
+    """One user operation: checks, the desired-state change, its event and command, the audit
+    row — in one transaction, at most once per Idempotency-Key."""
+
     async def work(conn: Connection) -> Answer:
         service = await get_service(conn, service_id, for_update=True)
         if service is None or service.purged:
@@ -200,13 +222,11 @@ async def _change(
                 "not_failed",
                 f"only a failed service can be retried; this one is {current.status}",
             )
-        desired = {"start": "running", "stop": "stopped", "delete": "deleted"}.get(operation)
-        if desired is not None:
-            generation = await set_desired_state(conn, service_id, desired)
-        else:
-            generation = await bump_generation(conn, service_id)
+        generation = await apply(conn, service)
         await _request_operation(conn, service_id, operation, generation)
-        await record_audit(conn, principal, f"service.{operation}", str(service_id), request)
+        await record_audit(
+            conn, principal, f"service.{operation}", str(service_id), request, details
+        )
         public = await get_public(conn, service_id)
         assert public is not None
         return _accepted(public)
@@ -216,11 +236,37 @@ async def _change(
     )
 
 
+@router.patch("/{service_id}", status_code=202, response_model=ServicePublic)
+async def update_service(
+    service_id: UUID, body: ServiceUpdate, request: Request, state: State, principal: Writer
+) -> Response:
+    """Change parameters (merged with the stored ones); applied live where the engine can,
+    by a restart (data kept) where it cannot."""
+
+    async def apply(conn: Connection, service: ServiceRecord) -> int:
+        model = ENGINES[service.service_type].parameters_model()
+        try:
+            merged = model.model_validate({**service.parameters, **body.parameters})
+        except ValidationError as exc:
+            raise validation_error(exc, prefix="parameters") from exc
+        return await update_parameters(conn, service.id, merged.model_dump())
+
+    return await _change(
+        state,
+        principal,
+        request,
+        service_id,
+        "update",
+        apply,
+        details={"parameters": body.parameters},
+    )
+
+
 @router.delete("/{service_id}", status_code=202, response_model=ServicePublic)
 async def delete_service(
     service_id: UUID, request: Request, state: State, principal: Writer
 ) -> Response:
-    return await _change(state, principal, request, service_id, "delete", None)
+    return await _change(state, principal, request, service_id, "delete", _set_desired("deleted"))
 
 
 @router.post("/{service_id}/start", status_code=202, response_model=ServicePublic)
@@ -231,7 +277,9 @@ async def start_service(
     principal: Writer,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return await _change(state, principal, request, service_id, "start", idempotency_key)
+    return await _change(
+        state, principal, request, service_id, "start", _set_desired("running"), idempotency_key
+    )
 
 
 @router.post("/{service_id}/stop", status_code=202, response_model=ServicePublic)
@@ -242,7 +290,9 @@ async def stop_service(
     principal: Writer,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return await _change(state, principal, request, service_id, "stop", idempotency_key)
+    return await _change(
+        state, principal, request, service_id, "stop", _set_desired("stopped"), idempotency_key
+    )
 
 
 @router.post("/{service_id}/retry", status_code=202, response_model=ServicePublic)
@@ -253,7 +303,7 @@ async def retry_service(
     principal: Writer,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return await _change(state, principal, request, service_id, "retry", idempotency_key)
+    return await _change(state, principal, request, service_id, "retry", _retry, idempotency_key)
 
 
 @router.get("/{service_id}/credentials")
