@@ -86,7 +86,15 @@ def through_platform(api: httpx.Client) -> float:
     """Seconds from POST /api/external-services to the service reading `operational`."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    response = api.post("/api/external-services", json={"name": name, "service_type": "postgres"})
+    response = api.post(
+        "/api/external-services",
+        json={
+            "name": name,
+            "service_type": "postgres",
+            "version": "15",
+            "parameters": {"replicas": 0},
+        },
+    )
     response.raise_for_status()
     service_id = response.json()["id"]
     try:

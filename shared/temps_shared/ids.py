@@ -10,7 +10,6 @@ _NAME_RE = re.compile(NAME_PATTERN)
 LABEL_MANAGED = "io.temps.managed"
 LABEL_SERVICE_ID = "io.temps.service-id"
 LABEL_ROLE = "io.temps.role"
-LABEL_SPEC_HASH = "io.temps.spec-hash"
 
 
 def is_valid_service_name(name: str) -> bool:

@@ -13,6 +13,8 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from temps_shared.health import HealthMetrics, PostgresWalHealth
+
 
 class ServiceStatus(StrEnum):
     PROVISIONING = "provisioning"
@@ -65,6 +67,16 @@ class ReconcileService(Command):
     reason: str
 
 
+class ProbeNow(Command):
+    """Probe a service at once (e.g. a fresh WAL snapshot after its container was recreated)."""
+
+    worker: ClassVar[str] = "monitor"
+    verb: ClassVar[str] = "probe"
+
+    service_id: UUID
+    reason: str = ""
+
+
 # --- events ---------------------------------------------------------------------------------
 
 
@@ -97,12 +109,20 @@ class ServiceProvisioned(Event):
 
     generation: int
     connection_info: dict[str, Any]
+    # PostgreSQL with read replicas: [{member, state, lag_bytes, lag_seconds}].
+    replication: list[dict[str, Any]] | None = None
+
+
+# `ServiceStatusChanged.source` of the health monitor's verdicts: they may only move a service
+# between operational, degraded and down (the provisioner and the user own the other statuses).
+MONITOR_SOURCE = "monitor"
 
 
 class ServiceStatusChanged(Event):
     status: ServiceStatus
     reason: str | None = None
     generation: int | None = None
+    source: str | None = None  # MONITOR_SOURCE, or None: the provisioner
 
 
 class ServiceFailed(Event):
@@ -114,6 +134,33 @@ class ServiceDeleted(Event):
     generation: int
 
 
+class HealthEvent(Event):
+    """An observation of the health monitor: on its own stream (TEMPS_HEALTH, short retention),
+    since there is one per service and cycle."""
+
+    def subject(self) -> str:
+        return f"temps.health.service.{self.service_id}.{self.type_name()}"
+
+
+class HealthChecked(HealthEvent):
+    """One probe of one service: the monitor's verdict, its figures, who probed."""
+
+    checked_at: datetime
+    status: ServiceStatus  # operational | degraded | down
+    reason: str | None = None
+    response_time_ms: float | None = None
+    error: str | None = None
+    metrics: HealthMetrics = Field(default_factory=HealthMetrics)
+    generation: int
+    monitor: str  # the monitor replica that probed
+
+
+class WalHealthRecorded(HealthEvent):
+    """A PostgreSQL WAL health snapshot of the service's primary."""
+
+    snapshot: PostgresWalHealth
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
@@ -123,9 +170,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ServiceStatusChanged,
         ServiceFailed,
         ServiceDeleted,
+        HealthChecked,
+        WalHealthRecorded,
     )
 }
-COMMAND_TYPES: dict[str, type[Command]] = {cls.type_name(): cls for cls in (ReconcileService,)}
+COMMAND_TYPES: dict[str, type[Command]] = {
+    cls.type_name(): cls for cls in (ReconcileService, ProbeNow)
+}
 
 
 def _decode(registry: Mapping[str, type[M]], kind: str, type_name: str, data: bytes) -> M:
@@ -143,3 +194,32 @@ def decode_event(type_name: str, data: bytes) -> Event:
 
 def decode_command(type_name: str, data: bytes) -> Command:
     return _decode(COMMAND_TYPES, "command", type_name, data)
+
+
+# --- host agent requests: NATS request/reply on temps.rpc.<node>.<verb> ------------------------
+# For what needs a Docker host and an answer now (runtime, stats, logs, live resource caps).
+
+AGENT_VERBS = ("runtime", "stats", "logs", "apply-resources", "host")
+
+
+def agent_subject(node_id: str, verb: str) -> str:
+    return f"temps.rpc.{node_id}.{verb}"
+
+
+class AgentRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    service_id: UUID | None = None
+    member: str | None = None  # logs: "primary" (default) or "replica-<n>"
+    tail: int = 200
+
+
+class AgentReply(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    ok: bool
+    result: Any = None
+    error_code: str | None = None  # not_found | invalid | busy | docker_error
+    error_message: str | None = None

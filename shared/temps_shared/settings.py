@@ -46,7 +46,15 @@ class TempsSettings(BaseSettings):
         20, description="Deliveries of one command before it is declared failed."
     )
     images: dict[str, dict[str, str]] = Field(
-        default_factory=lambda: {"postgres": {"15": "temps/postgres:15"}},
+        default_factory=lambda: {
+            "postgres": {
+                "13": "temps/postgres:13",
+                "15": "temps/postgres:15",
+                "17": "temps/postgres:17",
+            },
+            "redis": {"6": "temps/redis:6", "7": "temps/redis:7", "8": "temps/redis:8"},
+            "s3": {"4": "temps/seaweedfs:4"},
+        },
         description=(
             "Service type → major version → image on offer. The images `make images` builds are "
             "the default; configuration may add others honouring the same contract (JSON)."

@@ -19,6 +19,8 @@ import pytest
 import uvicorn
 from temps_api.main import create_app
 from temps_api.settings import ApiSettings
+from temps_monitor.main import serve as serve_monitor
+from temps_monitor.settings import MonitorSettings
 from temps_provisioner.main import serve
 from temps_provisioner.settings import ProvisionerSettings
 from testcontainers.community.postgres import PostgresContainer
@@ -116,6 +118,12 @@ class Platform:
         settings = ProvisionerSettings(**_settings_kwargs(self.env))
         self._tasks.append(asyncio.create_task(serve(settings, self._stop)))
 
+    async def start_monitor(self, **overrides: Any) -> MonitorSettings:
+        """A health monitor replica (several may run); `overrides` are MonitorSettings fields."""
+        settings = MonitorSettings(**{**_settings_kwargs(self.env), **overrides})
+        self._tasks.append(asyncio.create_task(serve_monitor(settings, self._stop)))
+        return settings
+
     async def stop(self) -> None:
         self._stop.set()
         await self.stop_api()
@@ -128,7 +136,12 @@ class Platform:
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         token = token or admin_token(Path(self.env["TEMPS_DATA_DIR"]))
         return httpx.AsyncClient(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            # uvicorn closes idle connections after 5 s; expire ours first, so a request never
+            # goes out on a connection the server is closing.
+            limits=httpx.Limits(keepalive_expiry=1),
         )
 
 

@@ -77,7 +77,12 @@ async def test_killed_provisioner_converges_with_one_container(
     try:
         async with platform.client() as api:
             response = await api.post(
-                "/api/external-services", json={"name": f"{P}crash", "service_type": "postgres"}
+                "/api/external-services",
+                json={
+                    "name": f"{P}crash",
+                    "service_type": "postgres",
+                    "parameters": {"replicas": 0},
+                },
             )
             assert response.status_code == 202
             service_id = response.json()["id"]

@@ -41,7 +41,7 @@ async def _create(api: httpx.AsyncClient, name: str, **extra: Any) -> dict[str, 
 
 @pytest.fixture(scope="module")
 async def db1(api: httpx.AsyncClient) -> dict[str, Any]:
-    created = await _create(api, f"{P}db1", parameters={"memory": "256MB"})
+    created = await _create(api, f"{P}db1", parameters={"memory": "256MB", "replicas": 0})
     await wait_status(api, created["id"], "operational")
     return created
 
@@ -56,11 +56,11 @@ async def test_create_is_accepted_then_operational(
     body = response.json()
     assert body["status"] == "provisioning"
     assert response.headers["location"] == f"/api/external-services/{body['id']}"
-    assert body["version"] == "15"
+    assert body["version"] == "17"  # the newest on offer
     assert body["parameters"] == {
         "storage_gb": 10,
         "memory_mb": 1024,
-        "replicas": 0,
+        "replicas": 1,
         "backups": True,
     }
 
@@ -71,7 +71,13 @@ async def test_create_is_accepted_then_operational(
     assert info["port"] == 5432
     assert info["local_host"] == "127.0.0.1"
     assert 21000 <= info["local_port"] <= 21999
-    assert service_containers(docker_client, body["id"]) == [f"temps-postgres-{P}traced"]
+    # The spec's default: one read replica, streaming.
+    assert [r["member"] for r in info["replicas"]] == ["replica-1"]
+    assert operational["replication"][0]["member"] == "replica-1"
+    assert sorted(service_containers(docker_client, body["id"])) == [
+        f"temps-postgres-{P}traced",
+        f"temps-postgres-{P}traced-replica-1",
+    ]
 
     # One trace: the provisioner's span for the command is in the HTTP request's trace.
     finished = spans.get_finished_spans()
@@ -168,7 +174,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
         error = response.json()["error"]
         assert field in error["message"], (body, error)
     version_error = (await api.post("/api/external-services", json=cases[3][0])).json()["error"]
-    assert "on offer: 15" in version_error["message"]
+    assert "on offer: 13, 15, 17" in version_error["message"]
 
     async with httpx.AsyncClient(base_url=platform.base_url) as anonymous:
         response = await anonymous.post(
@@ -203,7 +209,7 @@ async def test_idempotency_key_replays_the_first_answer(
     api: httpx.AsyncClient, nats_url: str, docker_client: docker.DockerClient
 ) -> None:
     key = str(uuid4())
-    body = {"name": f"{P}idem", "service_type": "postgres"}
+    body = {"name": f"{P}idem", "service_type": "postgres", "parameters": {"replicas": 0}}
     first = await api.post("/api/external-services", json=body, headers={"Idempotency-Key": key})
     second = await api.post("/api/external-services", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 202

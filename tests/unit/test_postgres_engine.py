@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 from temps_shared.engines.postgres import PostgresEngine, PostgresParameters, memory_settings
 from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
+from temps_shared.runtime import ContainerState
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import create_ca, issue_server_certificate
 
@@ -15,7 +16,7 @@ def test_defaults_follow_the_spec() -> None:
     assert PostgresParameters().model_dump() == {
         "storage_gb": 10,
         "memory_mb": 1024,
-        "replicas": 0,
+        "replicas": 1,
         "backups": True,
     }
 
@@ -39,7 +40,8 @@ def test_spec_aliases_with_units(given: dict[str, str], expected: dict[str, int]
     [
         ({"memory_mb": 127}, "memory_mb"),
         ({"storage_gb": 0}, "storage_gb"),
-        ({"replicas": 2}, "replicas"),
+        ({"replicas": 6}, "replicas"),
+        ({"replicas": -1}, "replicas"),
         ({"colour": "blue"}, "colour"),
         ({"storage": "x"}, ""),
     ],
@@ -106,13 +108,64 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
         "/etc/temps/tls/server.key",
         "/etc/temps/tls/ca.crt",
     }
-    # Secrets do not feed the spec hash, so a password change does not recreate the container.
+    # Drift is judged on what the container runs; secrets (env) do not count.
+    running = ContainerState(
+        id="x",
+        name=spec.name,
+        status="running",
+        labels=spec.labels,
+        exit_code=0,
+        host_ports=dict(spec.ports),
+        image=spec.image,
+        command=list(spec.command),
+        mounts={spec.mount_path: spec.volume},
+    )
     other = engine.container_spec(
         service, {**creds, "password": "x"}, {"postgres": 21000}, cert, spec.image
     )
-    assert other.spec_hash() == spec.spec_hash()
+    assert other.drift(running) == []
     moved = engine.container_spec(service, creds, {"postgres": 21001}, cert, spec.image)
-    assert moved.spec_hash() != spec.spec_hash()
+    assert moved.drift(running) == ["ports {5432: 21000} → {5432: 21001}"]
+    archiving = engine.container_spec(
+        service, creds, {"postgres": 21000}, cert, spec.image, archiving=True
+    )
+    assert archiving.drift(running) == ["command"]
+    assert "archive_mode=on" in archiving.command
+    assert any(a.startswith("archive_command=pgbackrest") for a in archiving.command)
+
+
+def test_replica_spec_clones_the_primary_over_verified_tls() -> None:
+    engine = PostgresEngine()
+    service = _service()
+    creds = engine.generate_credentials(service.name)
+    cert = issue_server_certificate(create_ca(), ["temps-postgres-db1-replica-2"], ["127.0.0.1"])
+    spec = engine.replica_spec(
+        service, 2, creds, {"postgres": 21000, "replica-2": 21002}, cert, "temps/postgres:15"
+    )
+    assert spec.name == "temps-postgres-db1-replica-2"
+    assert spec.volume == "temps-postgres-db1-replica-2-data"
+    assert spec.labels["io.temps.role"] == "replica-2"
+    assert spec.ports == {5432: 21002}
+    assert "POSTGRES_PASSWORD" not in spec.env
+    conninfo = spec.files["/etc/temps/replication/primary.conninfo"].decode()
+    assert "host=temps-postgres-db1 " in conninfo
+    assert "user=temps_replicator" in conninfo
+    assert "sslmode=verify-full" in conninfo
+    assert spec.files["/etc/temps/replication/slot"] == b"temps_replica_2"
+    info = engine.connection_info(
+        service,
+        creds,
+        {"postgres": 21000, "replica-1": 21001},
+    )
+    assert info["replicas"] == [
+        {
+            "member": "replica-1",
+            "host": "temps-postgres-db1-replica-1",
+            "port": 5432,
+            "local_host": "127.0.0.1",
+            "local_port": 21001,
+        }
+    ]
 
 
 def test_connection_urls_require_tls() -> None:

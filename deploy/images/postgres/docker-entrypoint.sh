@@ -14,6 +14,11 @@
 # (any owner/mode), they are copied to /run/temps-tls (owned by postgres, key 0600) and the
 # server runs with ssl=on and a generated hba file: local + loopback as usual, every other
 # connection must use TLS (hostnossl ... reject).
+#
+# Temps replica contract: when /etc/temps/replication/primary.conninfo and .../slot exist and
+# PGDATA is empty, the data directory is cloned from the primary with pg_basebackup (streaming
+# WAL, that physical slot, standby settings written by -R) instead of initdb; retried for a while
+# since the primary may still be creating the slot.
 set -Eeuo pipefail
 
 : "${PGDATA:=/var/lib/postgresql/data}"
@@ -24,6 +29,8 @@ export PGDATA POSTGRES_USER POSTGRES_DB POSTGRES_HOST_AUTH_METHOD
 
 TLS_SRC=/etc/temps/tls
 TLS_DIR=/run/temps-tls
+REPL_SRC=/etc/temps/replication
+REPL_DIR=/run/temps-replication
 
 log() { printf '%s [entrypoint] %s\n' "$(date -u +'%Y-%m-%d %H:%M:%S UTC')" "$*" >&2; }
 
@@ -54,6 +61,32 @@ hostnossl replication  all   all           reject
 EOF
   chmod 0600 "$TLS_DIR/pg_hba.conf"
   if [[ $(id -u) == 0 ]]; then chown postgres:postgres "$TLS_DIR/pg_hba.conf"; fi
+}
+
+replica_requested() { [[ -f $REPL_SRC/primary.conninfo && -f $REPL_SRC/slot ]]; }
+
+# The replication files, readable by postgres only (they hold the replication password).
+setup_replication() {
+  rm -rf "$REPL_DIR"
+  install -d -m 0700 -o postgres -g postgres "$REPL_DIR"
+  install -m 0600 -o postgres -g postgres "$REPL_SRC/primary.conninfo" "$REPL_SRC/slot" "$REPL_DIR/"
+}
+
+clone_from_primary() {
+  local conninfo slot attempt
+  conninfo="$(cat "$REPL_DIR/primary.conninfo")"
+  slot="$(cat "$REPL_DIR/slot")"
+  for attempt in $(seq 1 "${TEMPS_BASEBACKUP_ATTEMPTS:-60}"); do
+    log "cloning the primary with pg_basebackup (slot $slot, attempt $attempt)"
+    if pg_basebackup -d "$conninfo" -D "$PGDATA" -S "$slot" -X stream -R --no-password; then
+      log "clone complete; starting as a standby"
+      return 0
+    fi
+    find "$PGDATA" -mindepth 1 -delete
+    sleep 1
+  done
+  log "ERROR: could not clone the primary"
+  exit 1
 }
 
 init_cluster() {
@@ -126,12 +159,15 @@ if [[ $(id -u) == 0 ]]; then
   else
     rm -rf "$TLS_DIR"
   fi
+  if replica_requested; then setup_replication; fi
+  # HOME of postgres: libpq looks for client certificates under ~/.postgresql.
+  export HOME=/var/lib/postgresql
   exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
 # From here on: the postgres user.
 if [[ ! -s $PGDATA/PG_VERSION ]]; then
-  init_cluster
+  if [[ -d $REPL_DIR ]]; then clone_from_primary; else init_cluster; fi
 fi
 
 tls_on=0

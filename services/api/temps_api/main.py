@@ -20,8 +20,8 @@ from temps_shared.telemetry import context_from_headers, setup_logging, setup_tr
 from temps_api.auth import ensure_admin_token
 from temps_api.errors import install_error_handlers
 from temps_api.outbox_relay import run_relay
-from temps_api.projector import run_projector
-from temps_api.routes import events, health, services, tokens
+from temps_api.projector import run_health_projector, run_projector
+from temps_api.routes import events, health, runtime, service_health, services, tokens
 from temps_api.settings import ApiSettings
 from temps_api.state import AppState
 
@@ -52,6 +52,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
             if settings.projector_enabled:
                 background.append(
                     asyncio.create_task(run_projector(pool, js, stop), name="projector")
+                )
+                background.append(
+                    asyncio.create_task(
+                        run_health_projector(pool, js, stop), name="health-projector"
+                    )
                 )
             yield
         finally:
@@ -86,7 +91,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
-    for module in (health, tokens, services, events):
+    for module in (health, tokens, services, service_health, runtime, events):
         app.include_router(module.router)
     return app
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from nats.js import JetStreamContext
 from temps_shared.bus.consume import Delivery, TerminalError, consume
-from temps_shared.bus.topology import PROJECTOR_CONSUMER
+from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.messages import (
+    MONITOR_SOURCE,
     Event,
     ServiceDeleted,
     ServiceFailed,
@@ -25,6 +27,13 @@ from temps_shared.messages import (
     decode_event,
 )
 from temps_shared.store.types import Connection
+
+from temps_api.health_projection import (
+    HEALTH_PROJECTION,
+    apply_health_event,
+    apply_monitor_status,
+    forget_health,
+)
 
 log = logging.getLogger(__name__)
 PROJECTION = "service_status"
@@ -44,6 +53,7 @@ async def _set(
     reason: str | None,
     generation: int | None,
     connection_info: object = None,
+    replication: object = None,
 ) -> None:
     """Apply a worker's verdict unless the user asked for something newer meanwhile."""
     row = await conn.fetchrow(
@@ -63,6 +73,7 @@ async def _set(
     await conn.execute(
         "UPDATE service_status SET status = $2, status_reason = $3,"
         " connection_info = coalesce($4, connection_info),"
+        " replication = coalesce($6, replication),"
         " observed_generation = greatest(observed_generation, coalesce($5, 0)),"
         " updated_at = now() WHERE service_id = $1",
         event.service_id,
@@ -70,6 +81,7 @@ async def _set(
         reason,
         connection_info,
         generation,
+        replication,
     )
 
 
@@ -103,33 +115,42 @@ async def apply_event(conn: Connection, event: Event) -> None:
                 None,
                 event.generation,
                 event.connection_info,
+                event.replication,
             )
+        case ServiceStatusChanged() if event.source == MONITOR_SOURCE:
+            await apply_monitor_status(conn, event)
         case ServiceStatusChanged():
             await _set(conn, event, event.status, event.reason, event.generation)
         case ServiceFailed():
             await _set(conn, event, ServiceStatus.FAILED, event.reason, event.generation)
         case ServiceDeleted():
             await conn.execute("DELETE FROM service_status WHERE service_id = $1", event.service_id)
+            await forget_health(conn, event.service_id)
         case _:
             log.debug("projector ignores %s", event.type_name())
 
 
-async def project(pool: asyncpg.Pool, delivery: Delivery) -> None:
+async def project(
+    pool: asyncpg.Pool,
+    delivery: Delivery,
+    projection: str = PROJECTION,
+    apply: Callable[[Connection, Event], Awaitable[None]] = apply_event,
+) -> None:
     try:
         event = decode_event(delivery.message_type, delivery.data)
     except ValueError as exc:
         raise TerminalError(str(exc)) from exc
     async with pool.acquire() as conn, conn.transaction():
         last = await conn.fetchval(
-            "SELECT last_seq FROM projector_offsets WHERE projection = $1 FOR UPDATE", PROJECTION
+            "SELECT last_seq FROM projector_offsets WHERE projection = $1 FOR UPDATE", projection
         )
         if last is not None and delivery.stream_seq <= last:
             return  # applied before a crash lost the ack
-        await apply_event(conn, event)
+        await apply(conn, event)
         await conn.execute(
             "INSERT INTO projector_offsets (projection, last_seq) VALUES ($1, $2)"
             " ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq",
-            PROJECTION,
+            projection,
             delivery.stream_seq,
         )
 
@@ -139,3 +160,14 @@ async def run_projector(pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.
         await project(pool, delivery)
 
     await consume(js, PROJECTOR_CONSUMER, handle, stop=stop, concurrency=1)
+
+
+async def run_health_projector(
+    pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.Event
+) -> None:
+    """The health stream's projector: same rules, its own stream and recorded sequence."""
+
+    async def handle(delivery: Delivery) -> None:
+        await project(pool, delivery, HEALTH_PROJECTION, apply_health_event)
+
+    await consume(js, HEALTH_PROJECTOR_CONSUMER, handle, stop=stop, concurrency=1)

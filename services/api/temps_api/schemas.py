@@ -43,6 +43,7 @@ class ServicePublic(BaseModel):
     parameters: dict[str, Any]
     resources: dict[str, Any]
     connection_info: dict[str, Any] | None
+    replication: list[dict[str, Any]] | None = None
     generation: int
     observed_generation: int
     created_at: datetime

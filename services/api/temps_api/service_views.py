@@ -11,7 +11,7 @@ from temps_shared.store.types import Executor
 from temps_api.schemas import ServicePublic
 
 _SELECT = (
-    "SELECT s.*, st.status, st.status_reason, st.connection_info,"
+    "SELECT s.*, st.status, st.status_reason, st.connection_info, st.replication,"
     " coalesce(st.observed_generation, 0) AS observed_generation"
     " FROM services s LEFT JOIN service_status st ON st.service_id = s.id"
     " WHERE NOT s.purged"
@@ -37,6 +37,7 @@ def _public(row: asyncpg.Record) -> ServicePublic:
         parameters=row["parameters"],
         resources=row["resources"],
         connection_info=row["connection_info"],
+        replication=row["replication"],
         generation=row["generation"],
         observed_generation=row["observed_generation"],
         created_at=row["created_at"],

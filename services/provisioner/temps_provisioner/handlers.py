@@ -9,7 +9,8 @@ from temps_shared.bus.consume import Delivery, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.messages import Command, ReconcileService, ServiceFailed, decode_command
 
-from temps_provisioner.reconcile import Provisioner, reconcile
+from temps_provisioner.context import Provisioner
+from temps_provisioner.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 

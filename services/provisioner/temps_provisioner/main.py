@@ -17,9 +17,12 @@ from temps_shared.store.migrations import apply_migrations
 from temps_shared.store.pool import create_pool
 from temps_shared.telemetry import setup_logging, setup_tracing
 
+from temps_provisioner.agent import serve_agent
+from temps_provisioner.context import Provisioner
 from temps_provisioner.handlers import make_handler, make_on_terminal
-from temps_provisioner.reconcile import Provisioner
+from temps_provisioner.oom_watch import watch_oom_kills
 from temps_provisioner.settings import ProvisionerSettings
+from temps_provisioner.storage_jobs import run_s3_jobs
 
 
 async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
@@ -32,20 +35,31 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
         await apply_migrations(pool)
         provisioner = Provisioner(
             pool=pool,
+            nc=nc,
             js=nc.jetstream(),
             runtime=DockerRuntime(docker_client, settings.docker_network),
             keyring=keyring,
             ca=await ensure_installation_ca(pool, keyring),
             settings=settings,
         )
-        await consume(
-            provisioner.js,
-            provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver),
-            make_handler(provisioner),
-            stop=stop,
-            on_terminal=make_on_terminal(provisioner),
-            concurrency=settings.concurrency,
-        )
+        jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
+        agent = await serve_agent(provisioner)
+        oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
+        try:
+            await consume(
+                provisioner.js,
+                provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver),
+                make_handler(provisioner),
+                stop=stop,
+                on_terminal=make_on_terminal(provisioner),
+                concurrency=settings.concurrency,
+            )
+        finally:
+            await agent.unsubscribe()
+            for task in (jobs, oom_watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

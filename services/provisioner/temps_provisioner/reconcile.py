@@ -7,20 +7,16 @@ same result and a crash mid-way is repaired by the next delivery.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from uuid import UUID
 
-import asyncpg
-from nats.js import JetStreamContext
-from temps_shared.bus.consume import RetryableError, TerminalError
+from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_event
-from temps_shared.crypto import KeyRing
-from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
+from temps_shared.engines import ENGINES, Engine, offered_versions
 from temps_shared.engines.base import Endpoints
-from temps_shared.ids import LABEL_MANAGED, LABEL_SERVICE_ID, container_name, volume_name
+from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
+from temps_shared.ids import LABEL_ROLE, container_name
 from temps_shared.messages import (
     Event,
     ServiceDeleted,
@@ -28,28 +24,17 @@ from temps_shared.messages import (
     ServiceStatus,
     ServiceStatusChanged,
 )
-from temps_shared.runtime import ContainerState, DockerRuntime, ImageMissingError, PortInUseError
+from temps_shared.resources import ResourceLimits
+from temps_shared.runtime import ContainerSpec
 from temps_shared.store import ports
 from temps_shared.store.services import ServiceRecord, get_service, mark_purged
-from temps_shared.tls import CertificateAuthority, issue_server_certificate
+from temps_shared.tls import ServerCertificate, issue_server_certificate
 
+from temps_provisioner.context import Provisioner
+from temps_provisioner.members import converge, drift_of, wait_ready
 from temps_provisioner.service_lock import service_lock
-from temps_provisioner.settings import ProvisionerSettings
 
 log = logging.getLogger(__name__)
-READY_POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class Provisioner:
-    """Everything a reconcile needs, wired once by the service's startup function."""
-
-    pool: asyncpg.Pool
-    js: JetStreamContext
-    runtime: DockerRuntime
-    keyring: KeyRing
-    ca: CertificateAuthority
-    settings: ProvisionerSettings
 
 
 async def reconcile(p: Provisioner, service_id: UUID, cause: str) -> None:
@@ -74,74 +59,6 @@ async def _emit(p: Provisioner, event: Event, cause: str) -> None:
     await publish_event(p.js, event, dedupe_id=f"{cause}:{event.type_name()}")
 
 
-async def _owned_container(p: Provisioner, service: ServiceRecord) -> ContainerState | None:
-    """The container under the service's name, if it is this service's; refuses a stranger."""
-    name = container_name(service.service_type, service.name)
-    container = await p.runtime.inspect(name)
-    if container is None or container.labels.get(LABEL_SERVICE_ID) == str(service.id):
-        return container
-    if container.labels.get(LABEL_MANAGED) == "true":
-        raise RetryableError(f"container {name} still belongs to a service being deleted", 3.0)
-    raise TerminalError(
-        f"a container named {name} exists and is not managed by Temps; remove or rename it"
-    )
-
-
-async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: str) -> None:
-    image = offered_versions(p.settings, service.service_type).get(service.version)
-    if image is None:
-        raise TerminalError(f"{service.service_type} {service.version} is not offered here")
-    credentials = service.credentials(p.keyring)
-    name = container_name(service.service_type, service.name)
-    container = await _owned_container(p, service)
-    local_ports = await ports.reserve_local_ports(
-        p.pool, service.id, p.settings.node_id, list(engine.ports), p.settings.port_range
-    )
-    certificate = issue_server_certificate(p.ca, [name, "localhost"], ["127.0.0.1"])
-    spec = engine.container_spec(service, credentials, local_ports, certificate, image)
-
-    if container is not None and container.spec_hash != spec.spec_hash():
-        log.info("recreating %s: its spec drifted (data stays on its volume)", name)
-        await p.runtime.stop(name, p.settings.stop_timeout_s)
-        await p.runtime.remove(name)
-        container = None
-    try:
-        if container is None:
-            await p.runtime.ensure_network()
-            container = await p.runtime.create(spec)
-        elif container.status == "created":
-            # A crash between create and start may have left it without its files.
-            await p.runtime.put_files(name, spec.files)
-        if not container.running:
-            container = await p.runtime.start(name)
-    except ImageMissingError as exc:
-        raise TerminalError(str(exc)) from exc
-    except PortInUseError as exc:
-        # Something outside the platform holds the port: take another, recreate next delivery.
-        await ports.reserve_local_ports(
-            p.pool,
-            service.id,
-            p.settings.node_id,
-            list(engine.ports),
-            p.settings.port_range,
-            exclude=frozenset({exc.port}),
-        )
-        raise RetryableError(str(exc), delay_s=0.2) from exc
-
-    endpoints = _endpoints(p, engine, name, local_ports)
-    await _wait_ready(p, engine, name, endpoints, credentials)
-    await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
-    await _emit(
-        p,
-        ServiceProvisioned(
-            service_id=service.id,
-            generation=service.generation,
-            connection_info=engine.connection_info(service, credentials, local_ports),
-        ),
-        cause,
-    )
-
-
 def _endpoints(p: Provisioner, engine: Engine, name: str, local_ports: dict[str, int]) -> Endpoints:
     """Where this worker dials each port: one setting decides, here only."""
     if p.settings.service_addressing == "private":
@@ -149,39 +66,165 @@ def _endpoints(p: Provisioner, engine: Engine, name: str, local_ports: dict[str,
     return {port_name: ("127.0.0.1", local_ports[port_name]) for port_name in engine.ports}
 
 
-async def _wait_ready(
-    p: Provisioner, engine: Engine, name: str, endpoints: Endpoints, credentials: dict[str, str]
-) -> None:
-    deadline = time.monotonic() + p.settings.readiness_timeout_s
-    last_error = ""
-    while time.monotonic() < deadline:
-        state = await p.runtime.inspect(name)
-        if state is None:
-            raise RetryableError(f"container {name} disappeared while starting")
-        if state.status in ("exited", "dead"):
-            tail = "\n".join(await p.runtime.logs_tail(name, 15))
-            raise TerminalError(
-                f"container {name} exited with code {state.exit_code} while starting:\n{tail}"
-            )
-        try:
-            await engine.check_ready(endpoints, credentials, p.ca.cert_pem)
-            return
-        except ServiceNotReadyError as exc:
-            last_error = str(exc)
-        # A refused connection costs next to nothing: poll tightly, readiness is what users wait on.
-        await asyncio.sleep(READY_POLL_S)
-    raise RetryableError(
-        f"{name} did not accept connections within {p.settings.readiness_timeout_s:.0f}s "
-        f"({last_error})",
-        delay_s=5.0,
+def _certificate_for(p: Provisioner, name: str) -> ServerCertificate:
+    return issue_server_certificate(p.ca, [name, "localhost"], ["127.0.0.1"])
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The containers a running service should have, as specs (primary first)."""
+
+    engine: Engine
+    credentials: dict[str, str]
+    local_ports: dict[str, int]
+    primary: ContainerSpec
+    replicas: list[ContainerSpec]
+
+    @property
+    def members(self) -> list[ContainerSpec]:
+        return [self.primary, *self.replicas]
+
+
+async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
+    """Specs of every member, with the service's resource caps; reserves their ports."""
+    engine = ENGINES[service.service_type]
+    image = offered_versions(p.settings, service.service_type).get(service.version)
+    if image is None:
+        raise TerminalError(f"{service.service_type} {service.version} is not offered here")
+    credentials = service.credentials(p.keyring)
+    postgres = engine if isinstance(engine, PostgresEngine) else None
+    replicas = postgres.replica_count(service) if postgres else 0
+    local_ports = await ports.reserve_local_ports(
+        p.pool,
+        service.id,
+        p.settings.node_id,
+        list(engine.ports) + [replica_member(n) for n in range(1, replicas + 1)],
+        p.settings.port_range,
+    )
+    limits = ResourceLimits.model_validate(service.resources or {}).docker()
+    name = container_name(service.service_type, service.name)
+    certificate = _certificate_for(p, name)
+    if postgres:
+        # archive_mode as the volume says: archiving is intended exactly when the archive
+        # configuration exists there (a missing container has no volume to look at yet).
+        archiving = await p.runtime.file_exists(name, ARCHIVE_CONFIG)
+        primary = postgres.container_spec(
+            service, credentials, local_ports, certificate, image, archiving=archiving
+        )
+    else:
+        primary = engine.container_spec(service, credentials, local_ports, certificate, image)
+    replica_specs = [
+        postgres.replica_spec(
+            service,
+            n,
+            credentials,
+            local_ports,
+            _certificate_for(p, container_name(service.service_type, service.name, n)),
+            image,
+        )
+        for n in range(1, replicas + 1)
+        if postgres
+    ]
+    return Desired(
+        engine=engine,
+        credentials=credentials,
+        local_ports=local_ports,
+        primary=replace(primary, limits=limits),
+        replicas=[replace(r, limits=limits) for r in replica_specs],
     )
 
 
+async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: str) -> None:
+    postgres = engine if isinstance(engine, PostgresEngine) else None
+    if postgres:
+        await _remove_replicas_beyond(p, service, postgres.replica_count(service))
+    desired = await desired_state(p, service)
+    if postgres and await p.runtime.inspect(desired.primary.name) is None:
+        # A new primary: create it (not started) to look at its volume, then decide.
+        await converge(p, service, desired.primary, start=False)
+        desired = await desired_state(p, service)
+    credentials, spec = desired.credentials, desired.primary
+
+    drift = await drift_of(p, service, spec)
+    if drift:
+        await _announce_restart(p, service, drift, cause)
+        # Gracefully: the replicas stop first, then the primary (SIGINT: a fast shutdown).
+        for replica in desired.replicas:
+            await p.runtime.stop(replica.name, p.settings.stop_timeout_s)
+    await converge(p, service, spec)
+    endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
+    await wait_ready(
+        p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
+    )
+    await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
+
+    replication = None
+    if postgres:
+        for replica in desired.replicas:
+            await _run_replica(p, postgres, service, replica, credentials)
+        replication = await postgres.replication_status(endpoints, credentials, p.ca.cert_pem)
+    await _emit(
+        p,
+        ServiceProvisioned(
+            service_id=service.id,
+            generation=service.generation,
+            connection_info=engine.connection_info(service, credentials, desired.local_ports),
+            replication=replication,
+        ),
+        cause,
+    )
+
+
+async def _run_replica(
+    p: Provisioner,
+    engine: PostgresEngine,
+    service: ServiceRecord,
+    spec: ContainerSpec,
+    credentials: dict[str, str],
+) -> None:
+    await converge(p, service, spec)
+    endpoint = _endpoints(p, engine, spec.name, {"postgres": spec.ports[5432]})["postgres"]
+
+    async def probe() -> None:
+        await engine.check_replica_ready(endpoint, credentials, p.ca.cert_pem)
+
+    await wait_ready(p, spec.name, probe)
+
+
+async def _announce_restart(
+    p: Provisioner, service: ServiceRecord, drift: list[str], cause: str
+) -> None:
+    reason = f"restarting to apply a configuration change ({', '.join(drift)}); data is kept"
+    log.info("%s: %s", service.name, reason)
+    await _emit(
+        p,
+        ServiceStatusChanged(
+            service_id=service.id,
+            status=ServiceStatus.PROVISIONING,
+            reason=reason,
+            generation=service.generation,
+        ),
+        f"{cause}:restart",
+    )
+
+
+async def _remove_replicas_beyond(p: Provisioner, service: ServiceRecord, wanted: int) -> None:
+    """Scale down: containers, volumes and ports of replicas past `wanted` (their slots are
+    dropped by the primary's `after_ready`)."""
+    for container in await p.runtime.containers_of(str(service.id)):
+        role = container.labels.get(LABEL_ROLE, "")
+        if role.startswith("replica-") and int(role.removeprefix("replica-")) > wanted:
+            log.info("removing %s (scaled down to %d replicas)", container.name, wanted)
+            await p.runtime.remove(container.name)
+            await p.runtime.remove_volume(f"{container.name}-data")
+            await ports.release_ports(p.pool, service.id, [role])
+
+
 async def _stop(p: Provisioner, service: ServiceRecord, cause: str) -> None:
-    if await _owned_container(p, service) is not None:
-        await p.runtime.stop(
-            container_name(service.service_type, service.name), p.settings.stop_timeout_s
-        )
+    members = await p.runtime.containers_of(str(service.id))
+    # Replicas first, the primary last.
+    for container in sorted(members, key=lambda c: c.labels.get(LABEL_ROLE) == "primary"):
+        await p.runtime.stop(container.name, p.settings.stop_timeout_s)
     await _emit(
         p,
         ServiceStatusChanged(
@@ -196,9 +239,10 @@ async def _stop(p: Provisioner, service: ServiceRecord, cause: str) -> None:
 
 async def _delete(p: Provisioner, service: ServiceRecord, cause: str) -> None:
     if not service.purged:
-        if await _owned_container(p, service) is not None:
-            await p.runtime.remove(container_name(service.service_type, service.name))
-        await p.runtime.remove_volume(volume_name(service.service_type, service.name))
+        for container in await p.runtime.containers_of(str(service.id)):
+            await p.runtime.remove(container.name)
+        for volume in await p.runtime.volumes_of(str(service.id)):
+            await p.runtime.remove_volume(volume)
         async with p.pool.acquire() as conn, conn.transaction():
             await ports.release_ports(conn, service.id)
             await mark_purged(conn, service.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -15,14 +17,20 @@ def _lock_key(service_id: UUID) -> int:
 
 
 @asynccontextmanager
-async def service_lock(pool: asyncpg.Pool, service_id: UUID) -> AsyncIterator[None]:
-    """Hold the service's advisory lock (released with the connection if the process dies).
+async def service_lock(
+    pool: asyncpg.Pool, service_id: UUID, wait_s: float = 0.0
+) -> AsyncIterator[None]:
+    """Hold the service's advisory lock (released with the connection if the process dies),
+    waiting up to `wait_s` for it.
 
-    Raises `RetryableError` when another replica holds it: the command comes back later.
+    Raises `RetryableError` when another operation holds it: a command comes back later.
     """
+    deadline = time.monotonic() + wait_s
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(service_id)):
-            raise RetryableError("another operation on this service is running", delay_s=1.0)
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(service_id)):
+            if time.monotonic() >= deadline:
+                raise RetryableError("another operation on this service is running", delay_s=1.0)
+            await asyncio.sleep(0.2)
         try:
             yield
         finally:

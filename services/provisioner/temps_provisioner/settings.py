@@ -12,3 +12,14 @@ class ProvisionerSettings(TempsSettings):
         90.0, description="How long a started service may take to accept connections."
     )
     stop_timeout_s: int = Field(30, description="Grace period of a container stop.")
+    s3_quota_period_s: float = Field(
+        30.0, gt=0, description="How often S3 quotas are enforced (and `degraded` set or lifted)."
+    )
+    s3_lifecycle_period_s: float = Field(
+        3600.0, gt=0, description="How often S3 lifecycle rules expire objects."
+    )
+    s3_quota_unit_mb: int = Field(
+        1024,
+        ge=1,
+        description="MB per unit of an S3 service's size_gb: 1024, except in tests (a tiny quota).",
+    )

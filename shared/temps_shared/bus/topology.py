@@ -21,8 +21,12 @@ from nats.js.errors import NotFoundError
 
 COMMANDS_STREAM = "TEMPS_COMMANDS"
 EVENTS_STREAM = "TEMPS_EVENTS"
+# The health monitor's observations (one per service and cycle): kept only long enough for the
+# health projector to catch up after an outage; the history itself lives in PostgreSQL.
+HEALTH_STREAM = "TEMPS_HEALTH"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 30 * 24 * 3600.0
+HEALTH_MAX_AGE_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,27 @@ PROJECTOR_CONSUMER = ConsumerSpec(
 )
 
 
+# ProbeNow commands; any monitor replica takes one.
+MONITOR_CONSUMER = ConsumerSpec(
+    stream=COMMANDS_STREAM,
+    durable="monitor",
+    filter_subject="temps.cmd.monitor.>",
+    ack_wait_s=30.0,
+    max_deliver=3,
+    max_ack_pending=64,
+)
+
+# Health observations, one at a time, their stream sequence recorded with the read model.
+HEALTH_PROJECTOR_CONSUMER = ConsumerSpec(
+    stream=HEALTH_STREAM,
+    durable="health-projector",
+    filter_subject="temps.health.>",
+    ack_wait_s=30.0,
+    max_deliver=-1,
+    max_ack_pending=1,
+)
+
+
 def stream_configs() -> list[StreamConfig]:
     return [
         StreamConfig(
@@ -84,6 +109,15 @@ def stream_configs() -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=EVENTS_MAX_AGE_S,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=HEALTH_STREAM,
+            subjects=["temps.health.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=HEALTH_MAX_AGE_S,
             discard=DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),

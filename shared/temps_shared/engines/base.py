@@ -19,6 +19,16 @@ from temps_shared.tls import ServerCertificate
 Endpoints = dict[str, tuple[str, int]]
 
 
+def dial_endpoints(
+    addressing: str, ports: dict[str, int], container: str, local_ports: dict[str, int]
+) -> Endpoints:
+    """Where a worker dials each of a container's ports: by the container's private name
+    (`addressing` "private": workers on the `temps` network) or its loopback publications."""
+    if addressing == "private":
+        return {port_name: (container, port) for port_name, port in ports.items()}
+    return {port_name: ("127.0.0.1", local_ports[port_name]) for port_name in ports}
+
+
 class ServiceNotReadyError(Exception):
     """The service does not accept connections yet."""
 

@@ -1,4 +1,5 @@
-"""PostgreSQL: container spec, sizing, readiness over TLS, connection info and credentials."""
+"""PostgreSQL: container specs (primary and read replicas), sizing, readiness over TLS,
+connection info and credentials. Replication SQL lives in `postgres_replication.py`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import ssl
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from temps_shared.crypto import generate_password
+from temps_shared.engines import postgres_replication as replication
 from temps_shared.engines.base import Endpoints, ServiceNotReadyError
+from temps_shared.engines.postgres_monitoring import ensure_monitor_role
 from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
 from temps_shared.ids import (
     LABEL_MANAGED,
@@ -23,10 +26,15 @@ from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
 PORT = 5432
+PORT_NAME = "postgres"
 DATA_MOUNT = "/var/lib/postgresql/data"
 PGDATA = f"{DATA_MOUNT}/pgdata"  # a subdirectory: the volume root may hold other files
 TLS_DIR = "/etc/temps/tls"
+REPLICATION_DIR = "/etc/temps/replication"
+# Its presence on the volume is what "WAL archiving intended" means (the backup work writes it).
+ARCHIVE_CONFIG = f"{DATA_MOUNT}/temps/pgbackrest.conf"
 MAX_CONNECTIONS = 100
+MAX_REPLICAS = 5
 
 
 class PostgresParameters(BaseModel):
@@ -38,7 +46,7 @@ class PostgresParameters(BaseModel):
     memory_mb: int = Field(
         1024, ge=128, le=1048576, description="Sizes PostgreSQL's memory settings (not a cap)."
     )
-    replicas: int = Field(0, description="Read replicas.")
+    replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="Streaming read replicas.")
     backups: bool = Field(True, description="Automatic daily backups.")
 
     @model_validator(mode="before")
@@ -57,13 +65,6 @@ class PostgresParameters(BaseModel):
                         raise ValueError(f"{alias} ({field}): {exc}") from exc
         return data
 
-    @field_validator("replicas")
-    @classmethod
-    def _no_replicas_yet(cls, value: int) -> int:
-        if value != 0:
-            raise ValueError("read replicas are not available on this installation yet; use 0")
-        return value
-
 
 def memory_settings(memory_mb: int) -> dict[str, str]:
     """PostgreSQL memory settings sized from the service's memory allocation."""
@@ -75,12 +76,24 @@ def memory_settings(memory_mb: int) -> dict[str, str]:
     }
 
 
-def server_command(parameters: PostgresParameters, *, archive_mode: bool = False) -> list[str]:
+def archive_command(stanza: str) -> str:
+    return f"pgbackrest --config={ARCHIVE_CONFIG} --stanza={stanza} archive-push %p"
+
+
+def server_command(
+    parameters: PostgresParameters, *, archive_stanza: str | None = None
+) -> list[str]:
+    """The server's command line. Archive settings live here, on the command line, where the
+    reconcile controls them (a `-c` setting beats ALTER SYSTEM)."""
     settings = {
         "max_connections": str(MAX_CONNECTIONS),
         "shared_preload_libraries": "pg_stat_statements",
         "wal_level": "replica",
-        "archive_mode": "on" if archive_mode else "off",
+        "max_wal_senders": str(MAX_REPLICAS + 5),
+        "max_replication_slots": str(MAX_REPLICAS + 5),
+        "hot_standby": "on",
+        "archive_mode": "on" if archive_stanza else "off",
+        **({"archive_command": archive_command(archive_stanza)} if archive_stanza else {}),
         **memory_settings(parameters.memory_mb),
     }
     command = ["postgres"]
@@ -89,10 +102,33 @@ def server_command(parameters: PostgresParameters, *, archive_mode: bool = False
     return command
 
 
+def replica_member(index: int) -> str:
+    return f"replica-{index}"
+
+
 def _ssl_context(ca_pem: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem)
     context.check_hostname = True
     return context
+
+
+async def connect(
+    endpoint: tuple[str, int], credentials: dict[str, str], ca_pem: str
+) -> asyncpg.Connection:
+    """An admin connection over verified TLS; `ServiceNotReadyError` if it cannot be opened."""
+    host, port = endpoint
+    try:
+        return await asyncpg.connect(
+            host=host,
+            port=port,
+            user=credentials["username"],
+            password=credentials["password"],
+            database=credentials["database"],
+            ssl=_ssl_context(ca_pem),
+            timeout=5,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, ssl.SSLError) as exc:
+        raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
 
 
 def _url(user: str, password: str, host: str, port: int, database: str) -> str:
@@ -101,7 +137,7 @@ def _url(user: str, password: str, host: str, port: int, database: str) -> str:
 
 class PostgresEngine:
     service_type = "postgres"
-    ports = {"postgres": PORT}
+    ports = {PORT_NAME: PORT}
 
     def parameters_model(self) -> type[BaseModel]:
         return PostgresParameters
@@ -111,6 +147,42 @@ class PostgresEngine:
             "username": "temps_admin",
             "password": generate_password(),
             "database": name.replace("-", "_"),
+            "replication_password": generate_password(),
+            "monitor_password": generate_password(),
+        }
+
+    def replica_count(self, service: ServiceRecord) -> int:
+        return PostgresParameters.model_validate(service.parameters).replicas
+
+    def _spec(
+        self,
+        service: ServiceRecord,
+        role: str,
+        replica: int | None,
+        command: list[str],
+        local_port: int,
+        env: dict[str, str],
+        files: dict[str, bytes],
+        image: str,
+    ) -> ContainerSpec:
+        return ContainerSpec(
+            name=container_name(service.service_type, service.name, replica),
+            image=image,
+            command=command,
+            labels={LABEL_MANAGED: "true", LABEL_SERVICE_ID: str(service.id), LABEL_ROLE: role},
+            volume=volume_name(service.service_type, service.name, replica),
+            mount_path=DATA_MOUNT,
+            ports={PORT: local_port},
+            env={"PGDATA": PGDATA, **env},
+            files=files,
+        )
+
+    @staticmethod
+    def _tls_files(certificate: ServerCertificate) -> dict[str, bytes]:
+        return {
+            f"{TLS_DIR}/server.crt": certificate.cert_pem.encode(),
+            f"{TLS_DIR}/server.key": certificate.key_pem.encode(),
+            f"{TLS_DIR}/ca.crt": certificate.ca_pem.encode(),
         }
 
     def container_spec(
@@ -120,63 +192,102 @@ class PostgresEngine:
         local_ports: dict[str, int],
         certificate: ServerCertificate,
         image: str,
+        *,
+        archiving: bool = False,
     ) -> ContainerSpec:
+        """The primary; `archiving` when the volume holds the archive configuration."""
         parameters = PostgresParameters.model_validate(service.parameters)
-        return ContainerSpec(
-            name=container_name(service.service_type, service.name),
-            image=image,
-            command=server_command(parameters),
-            labels={
-                LABEL_MANAGED: "true",
-                LABEL_SERVICE_ID: str(service.id),
-                LABEL_ROLE: "primary",
-            },
-            volume=volume_name(service.service_type, service.name),
-            mount_path=DATA_MOUNT,
-            ports={PORT: local_ports["postgres"]},
-            env={
+        return self._spec(
+            service,
+            "primary",
+            None,
+            server_command(parameters, archive_stanza=service.name if archiving else None),
+            local_ports[PORT_NAME],
+            {
                 "POSTGRES_USER": credentials["username"],
                 "POSTGRES_PASSWORD": credentials["password"],
                 "POSTGRES_DB": credentials["database"],
-                "PGDATA": PGDATA,
             },
-            files={
-                f"{TLS_DIR}/server.crt": certificate.cert_pem.encode(),
-                f"{TLS_DIR}/server.key": certificate.key_pem.encode(),
-                f"{TLS_DIR}/ca.crt": certificate.ca_pem.encode(),
-            },
+            self._tls_files(certificate),
+            image,
+        )
+
+    def replica_spec(
+        self,
+        service: ServiceRecord,
+        index: int,
+        credentials: dict[str, str],
+        local_ports: dict[str, int],
+        certificate: ServerCertificate,
+        image: str,
+    ) -> ContainerSpec:
+        """Read replica `index` (1-based): cloned from the primary, then streaming from it."""
+        parameters = PostgresParameters.model_validate(service.parameters)
+        conninfo = replication.primary_conninfo(
+            container_name(service.service_type, service.name),
+            credentials["replication_password"],
+            application_name=replication.slot_name(index),
+            ca_file="/run/temps-tls/ca.crt",
+        )
+        files = {
+            **self._tls_files(certificate),
+            f"{REPLICATION_DIR}/primary.conninfo": conninfo.encode(),
+            f"{REPLICATION_DIR}/slot": replication.slot_name(index).encode(),
+        }
+        return self._spec(
+            service,
+            replica_member(index),
+            index,
+            server_command(parameters),
+            local_ports[replica_member(index)],
+            {},
+            files,
+            image,
         )
 
     def connection_info(
         self, service: ServiceRecord, credentials: dict[str, str], local_ports: dict[str, int]
     ) -> dict[str, Any]:
+        replicas = [
+            {
+                "member": replica_member(n),
+                "host": container_name(service.service_type, service.name, n),
+                "port": PORT,
+                "local_host": "127.0.0.1",
+                "local_port": local_ports[replica_member(n)],
+            }
+            for n in range(1, self.replica_count(service) + 1)
+            if replica_member(n) in local_ports
+        ]
         return {
             "host": container_name(service.service_type, service.name),
             "port": PORT,
             "local_host": "127.0.0.1",
-            "local_port": local_ports["postgres"],
+            "local_port": local_ports[PORT_NAME],
             "database": credentials["database"],
             "username": credentials["username"],
+            "replicas": replicas,
         }
 
     async def check_ready(
         self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
     ) -> None:
-        host, port = endpoints["postgres"]
-        try:
-            conn = await asyncpg.connect(
-                host=host,
-                port=port,
-                user=credentials["username"],
-                password=credentials["password"],
-                database=credentials["database"],
-                ssl=_ssl_context(ca_pem),
-                timeout=5,
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresError, ssl.SSLError) as exc:
-            raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
+        conn = await connect(endpoints[PORT_NAME], credentials, ca_pem)
         try:
             await conn.fetchval("SELECT 1", timeout=5)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
+        finally:
+            await conn.close(timeout=5)
+
+    async def check_replica_ready(
+        self, endpoint: tuple[str, int], credentials: dict[str, str], ca_pem: str
+    ) -> None:
+        """Ready when it accepts connections as a standby (read-only, recovering)."""
+        conn = await connect(endpoint, credentials, ca_pem)
+        try:
+            if not await conn.fetchval("SELECT pg_is_in_recovery()", timeout=5):
+                raise ServiceNotReadyError("the replica is not in recovery (not a standby)")
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
         finally:
@@ -189,28 +300,39 @@ class PostgresEngine:
         credentials: dict[str, str],
         ca_pem: str,
     ) -> None:
-        return None  # initdb created the admin role and the database
+        """The replication role, exactly one physical slot per wanted replica, and the health
+        monitor's read-only role (services created before it have no password for it)."""
+        conn = await connect(endpoints[PORT_NAME], credentials, ca_pem)
+        try:
+            await replication.ensure_role(conn, credentials["replication_password"])
+            await replication.ensure_slots(conn, self.replica_count(service))
+            if "monitor_password" in credentials:
+                await ensure_monitor_role(conn, credentials["monitor_password"])
+        finally:
+            await conn.close(timeout=5)
+
+    async def replication_status(
+        self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
+    ) -> list[dict[str, Any]]:
+        conn = await connect(endpoints[PORT_NAME], credentials, ca_pem)
+        try:
+            return await replication.status(conn)
+        finally:
+            await conn.close(timeout=5)
 
     def credentials_view(
-        self,
-        credentials: dict[str, str],
-        connection_info: dict[str, Any],
-        ca_pem: str,
+        self, credentials: dict[str, str], connection_info: dict[str, Any], ca_pem: str
     ) -> dict[str, Any]:
-        user, password, db = (
-            credentials["username"],
-            credentials["password"],
-            credentials["database"],
-        )
+        user, password = credentials["username"], credentials["password"]
+        db = credentials["database"]
+        info = connection_info
         return {
             "username": user,
             "password": password,
             "database": db,
-            "connection_url": _url(
-                user, password, connection_info["host"], connection_info["port"], db
-            ),
+            "connection_url": _url(user, password, info["host"], info["port"], db),
             "local_connection_url": _url(
-                user, password, connection_info["local_host"], connection_info["local_port"], db
+                user, password, info["local_host"], info["local_port"], db
             ),
             "ca_certificate": ca_pem,
         }

@@ -4,6 +4,7 @@ from temps_shared.runtime.docker_runtime import (
     ContainerSpec,
     ContainerState,
     DockerRuntime,
+    ExecResult,
     ImageMissingError,
     PortInUseError,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "ContainerSpec",
     "ContainerState",
     "DockerRuntime",
+    "ExecResult",
     "ImageMissingError",
     "PortInUseError",
 ]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
-import json
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +20,9 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from temps_shared.ids import LABEL_MANAGED, LABEL_SPEC_HASH
+from temps_shared.ids import LABEL_MANAGED, LABEL_SERVICE_ID
+from temps_shared.resources import DockerLimits
+from temps_shared.runtime import container_limits
 
 LOOPBACK = "127.0.0.1"
 
@@ -51,21 +51,35 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # absolute path → content (mode 0600)
     pids_limit: int = 512
+    limits: DockerLimits = field(default_factory=DockerLimits)  # caps; changed live, see below
 
-    def spec_hash(self) -> str:
-        """What, when it changes, needs a recreate. Env is left out: it holds secrets and only
-        matters at the first start (initdb)."""
-        material = json.dumps(
-            {
-                "image": self.image,
-                "command": self.command,
-                "ports": self.ports,
-                "volume": self.volume,
-                "mount": self.mount_path,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(material.encode()).hexdigest()[:16]
+    def drift(self, actual: ContainerState) -> list[str]:
+        """What differs between this spec and the container as it is (empty: nothing).
+
+        Read from the container itself, not from a label, so a container recreated by hand is
+        judged by what it really runs. Env is left out: it holds secrets and only matters at the
+        first start (initdb); files are refreshed separately. Resource caps change live
+        (`DockerRuntime.update_limits`) except a lifted cap, which Docker 20.10 cannot remove
+        from a container: that is drift.
+        """
+        differences = []
+        if actual.image != self.image:
+            differences.append(f"image {actual.image} → {self.image}")
+        if actual.command != self.command:
+            differences.append("command")
+        if actual.host_ports != self.ports:
+            differences.append(f"ports {actual.host_ports} → {self.ports}")
+        if actual.mounts.get(self.mount_path) != self.volume:
+            differences.append(f"volume at {self.mount_path}")
+        if actual.limits.lifts(self.limits):
+            differences.append("resource caps lifted")
+        return differences
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str  # stdout and stderr, interleaved
 
 
 @dataclass(frozen=True)
@@ -76,10 +90,13 @@ class ContainerState:
     labels: dict[str, str]
     exit_code: int
     host_ports: dict[int, int]
-
-    @property
-    def spec_hash(self) -> str | None:
-        return self.labels.get(LABEL_SPEC_HASH)
+    image: str = ""
+    command: list[str] = field(default_factory=list)
+    mounts: dict[str, str] = field(default_factory=dict)  # mount path → volume name
+    limits: DockerLimits = field(default_factory=DockerLimits)  # the caps live on it
+    restart_count: int = 0
+    oom_killed: bool = False
+    started_at: str | None = None
 
     @property
     def running(self) -> bool:
@@ -92,14 +109,27 @@ def _state(container: Container) -> ContainerState:
     for key, bindings in (attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
         if bindings and bindings[0].get("HostPort"):
             ports[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
-    state = attrs.get("State", {})
+    state, config = attrs.get("State", {}), attrs.get("Config", {})
     return ContainerState(
         id=container.id or "",
         name=container.name or "",
         status=state.get("Status", "unknown"),
-        labels=dict(attrs.get("Config", {}).get("Labels") or {}),
+        labels=dict(config.get("Labels") or {}),
         exit_code=int(state.get("ExitCode", 0)),
         host_ports=ports,
+        image=config.get("Image", ""),
+        command=list(config.get("Cmd") or []),
+        mounts={
+            m["Destination"]: m.get("Name", "")
+            for m in attrs.get("Mounts") or []
+            if m.get("Type") == "volume"
+        },
+        limits=container_limits.live_limits(attrs),
+        restart_count=int(attrs.get("RestartCount", 0)),
+        oom_killed=bool(state.get("OOMKilled", False)),
+        started_at=state.get("StartedAt")
+        if not str(state.get("StartedAt", "")).startswith("0001")
+        else None,
     )
 
 
@@ -155,14 +185,14 @@ class DockerRuntime:
             ) from exc
         if not self._client.volumes.list(filters={"name": f"^{spec.volume}$"}):
             self._client.volumes.create(spec.volume, labels=spec.labels)
-        labels = {**spec.labels, LABEL_SPEC_HASH: spec.spec_hash()}
+
         container = self._client.containers.create(
             spec.image,
             command=spec.command,
             name=spec.name,
             hostname=spec.name,
             environment=spec.env,
-            labels=labels,
+            labels=spec.labels,
             volumes={spec.volume: {"bind": spec.mount_path, "mode": "rw"}},
             ports={f"{c}/tcp": (LOOPBACK, h) for c, h in spec.ports.items()},
             network=self.network,
@@ -171,6 +201,7 @@ class DockerRuntime:
             security_opt=["no-new-privileges:true"],
             pids_limit=spec.pids_limit,
             log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "3"}),
+            **container_limits.create_kwargs(spec.limits),
         )
         if spec.files:
             container.put_archive("/", _tar(spec.files))
@@ -215,6 +246,28 @@ class DockerRuntime:
             return False
         return True
 
+    def _containers_of(self, service_id: str) -> list[ContainerState]:
+        found = self._client.containers.list(
+            all=True, filters={"label": f"{LABEL_SERVICE_ID}={service_id}"}
+        )
+        return [_state(c) for c in found]
+
+    def _volumes_of(self, service_id: str) -> list[str]:
+        found = self._client.volumes.list(filters={"label": f"{LABEL_SERVICE_ID}={service_id}"})
+        return [v.name or "" for v in found]
+
+    def _file_exists(self, name: str, path: str) -> bool:
+        try:
+            self._client.containers.get(name).get_archive(path)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def _exec_run(self, name: str, argv: list[str]) -> ExecResult:
+        code, output = self._client.containers.get(name).exec_run(argv, stdout=True, stderr=True)
+        assert isinstance(output, bytes)  # not streamed
+        return ExecResult(int(code or 0), output.decode(errors="replace"))
+
     def _logs_tail(self, name: str, lines: int) -> list[str]:
         container = self._get(name)
         if container is None:
@@ -252,6 +305,42 @@ class DockerRuntime:
 
     async def volume_exists(self, name: str) -> bool:
         return await asyncio.to_thread(self._volume_exists, name)
+
+    async def containers_of(self, service_id: str) -> list[ContainerState]:
+        """Every container labelled as the service's (primary and replicas, any state)."""
+        return await asyncio.to_thread(self._containers_of, service_id)
+
+    async def volumes_of(self, service_id: str) -> list[str]:
+        return await asyncio.to_thread(self._volumes_of, service_id)
+
+    async def file_exists(self, name: str, path: str) -> bool:
+        """Whether `path` exists in the container (running or not), volumes included."""
+        return await asyncio.to_thread(self._file_exists, name, path)
+
+    async def exec_run(self, name: str, argv: list[str], timeout_s: float = 150.0) -> ExecResult:
+        """Run `argv` inside the running container `name`. Docker records the arguments
+        (`docker inspect` of the exec): never pass a secret; put it in a file instead. The
+        command should bound itself too: the timeout stops the wait, not the process."""
+        return await asyncio.wait_for(asyncio.to_thread(self._exec_run, name, argv), timeout_s)
+
+    async def host_info(self) -> dict[str, Any]:
+        """This Docker host's CPUs and memory (what caps are judged against)."""
+        info = await asyncio.to_thread(self._client.info)
+        return {"cpus": int(info.get("NCPU", 0)), "memory_bytes": int(info.get("MemTotal", 0))}
+
+    async def update_limits(self, name: str, limits: DockerLimits) -> None:
+        """Set caps live (running or stopped container); `LimitUpdateError` when Docker refuses.
+        Docker 20.10 cannot lift a cap live: recreate the container for that."""
+        await asyncio.to_thread(container_limits.update, self._client, name, limits)
+
+    async def usage_sample(self, name: str) -> dict[str, Any]:
+        """CPU and memory usage of a running container (about a second: two samples)."""
+        return await asyncio.to_thread(container_limits.usage_sample, self._client, name)
+
+    async def oom_kills_between(self, since: int, until: int) -> list[str]:
+        return await asyncio.to_thread(
+            container_limits.oom_kills_between, self._client, since, until
+        )
 
     async def logs_tail(self, name: str, lines: int = 20) -> list[str]:
         return await asyncio.to_thread(self._logs_tail, name, lines)

@@ -25,7 +25,11 @@ async def reserve_local_ports(
     *,
     exclude: frozenset[int] = frozenset(),
 ) -> dict[str, int]:
-    """The service's port for each name, reserving the lowest free ones of the range on first use.
+    """The service's port for each name, reserving a free one of the range on first use.
+
+    Picked at random among the free ones: something outside the platform (another
+    installation, a developer's server) that holds a port is then unlikely to be hit again on
+    the retry, where the lowest free port would be the same one each time.
 
     The unique (node, port) constraint makes concurrent reservations safe; `exclude` names ports
     Docker reported as taken by something outside the platform (they are given up and replaced).
@@ -56,7 +60,7 @@ async def _reserve(
             "SELECT p FROM generate_series($1::int, $2::int) AS p"
             " WHERE p <> ALL($4::int[]) AND NOT EXISTS ("
             "   SELECT 1 FROM service_ports WHERE node_id = $3 AND local_port = p)"
-            " ORDER BY p LIMIT 1",
+            " ORDER BY random() LIMIT 1",
             low,
             high,
             node_id,

@@ -115,6 +115,17 @@ async def update_parameters(conn: Connection, service_id: UUID, parameters: dict
     return generation
 
 
+async def update_resources(conn: Connection, service_id: UUID, resources: dict[str, Any]) -> int:
+    """Store new resource caps; returns the new generation."""
+    generation: int = await conn.fetchval(
+        "UPDATE services SET resources = $2, generation = generation + 1, updated_at = now()"
+        " WHERE id = $1 RETURNING generation",
+        service_id,
+        resources,
+    )
+    return generation
+
+
 async def mark_purged(conn: Connection, service_id: UUID) -> None:
     await conn.execute(
         "UPDATE services SET purged = true, updated_at = now() WHERE id = $1", service_id

@@ -36,6 +36,7 @@ from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECR
 from temps_api.deps import State, require
 from temps_api.errors import ApiError, not_found, validation_error
 from temps_api.idempotency import Answer, run_once
+from temps_api.resource_limits import check_limits
 from temps_api.schemas import ServiceCreate, ServicePublic, ServiceUpdate
 from temps_api.service_views import get_public, list_public
 
@@ -58,7 +59,7 @@ def _check_create(body: ServiceCreate, state: State) -> tuple[str, dict[str, Any
             f"service_type: {body.service_type!r} is not available here; on offer: {on_offer}",
             [{"field": "service_type", "message": f"one of: {on_offer}"}],
         )
-    version = default_version(versions) if body.version is None else str(body.version)
+    version = default_version(versions, engine) if body.version is None else str(body.version)
     if version not in versions:
         on_offer = ", ".join(sorted(versions, key=int))
         raise ApiError(
@@ -66,14 +67,6 @@ def _check_create(body: ServiceCreate, state: State) -> tuple[str, dict[str, Any
             "invalid_input",
             f"version: {body.service_type} {version} is not available here; on offer: {on_offer}",
             [{"field": "version", "message": f"one of: {on_offer}"}],
-        )
-    if body.resources:
-        raise ApiError(
-            422,
-            "invalid_input",
-            "resources: container resource limits are not available on this installation yet; "
-            "omit the field",
-            [{"field": "resources", "message": "not supported yet"}],
         )
     try:
         parameters = engine.parameters_model().model_validate(body.parameters or {})
@@ -110,6 +103,7 @@ async def create_service(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     version, parameters = _check_create(body, state)
+    limits = await check_limits(state, body.resources) if body.resources else None
 
     async def work(conn: Connection) -> Answer:
         engine = ENGINES[body.service_type]
@@ -121,7 +115,7 @@ async def create_service(
             service_type=body.service_type,
             version=version,
             parameters=parameters,
-            resources={},
+            resources=limits.model_dump() if limits else {},
             secrets_ciphertext=state.keyring.encrypt(secrets, secrets_aad(service_id)),
             desired_state="running",
             generation=1,

@@ -33,6 +33,7 @@ CREATE TABLE service_status (
     status              text NOT NULL,
     status_reason       text,
     connection_info     jsonb,
+    replication         jsonb,                          -- PostgreSQL read replicas' state
     observed_generation bigint NOT NULL DEFAULT 0,
     requested_generation bigint NOT NULL DEFAULT 0,  -- newest user request it has seen
     updated_at          timestamptz NOT NULL DEFAULT now()

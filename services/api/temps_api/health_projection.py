@@ -1,0 +1,117 @@
+"""Health read models: the latest check, the check history (30 days), the latest WAL snapshot,
+and the status verdicts of the monitor.
+
+Applied by the projectors (projector.py): `HealthChecked` and `WalHealthRecorded` from the
+health stream, the monitor's `ServiceStatusChanged` from the event stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from uuid import UUID
+
+from temps_shared.messages import (
+    Event,
+    HealthChecked,
+    ServiceStatus,
+    ServiceStatusChanged,
+    WalHealthRecorded,
+)
+from temps_shared.store.types import Connection
+
+log = logging.getLogger(__name__)
+HEALTH_PROJECTION = "service_health"
+HISTORY_RETENTION = timedelta(days=30)
+# The statuses the monitor may change; the provisioner and the user own the others.
+MONITOR_OWNED = [ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED, ServiceStatus.DOWN]
+
+_LIVE = "EXISTS (SELECT 1 FROM services WHERE id = $1 AND NOT purged)"
+
+
+async def _checked(conn: Connection, event: HealthChecked) -> None:
+    if not await conn.fetchval(f"SELECT {_LIVE}", event.service_id):
+        return  # a late observation of a deleted service
+    metrics = event.metrics.model_dump(mode="json")
+    await conn.execute(
+        "INSERT INTO service_health AS h (service_id, checked_at, status, reason,"
+        " response_time_ms, error, metrics, monitor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (service_id) DO UPDATE SET checked_at = EXCLUDED.checked_at,"
+        " status = EXCLUDED.status, reason = EXCLUDED.reason,"
+        " response_time_ms = EXCLUDED.response_time_ms, error = EXCLUDED.error,"
+        " metrics = EXCLUDED.metrics, monitor = EXCLUDED.monitor"
+        " WHERE h.checked_at < EXCLUDED.checked_at",  # a late check never hides a newer one
+        event.service_id,
+        event.checked_at,
+        event.status,
+        event.reason,
+        event.response_time_ms,
+        event.error,
+        metrics,
+        event.monitor,
+    )
+    await conn.execute(
+        "INSERT INTO service_health_history (service_id, checked_at, status, response_time_ms,"
+        " error, monitor) VALUES ($1, $2, $3, $4, $5, $6)",
+        event.service_id,
+        event.checked_at,
+        event.status,
+        event.response_time_ms,
+        event.error,
+        event.monitor,
+    )
+    # Retention, one service at a time: an index range that is almost always empty.
+    await conn.execute(
+        "DELETE FROM service_health_history WHERE service_id = $1 AND checked_at < $2",
+        event.service_id,
+        event.checked_at - HISTORY_RETENTION,
+    )
+
+
+async def _wal(conn: Connection, event: WalHealthRecorded) -> None:
+    if not await conn.fetchval(f"SELECT {_LIVE}", event.service_id):
+        return
+    await conn.execute(
+        "INSERT INTO postgres_wal_health AS w (service_id, probed_at, snapshot)"
+        " VALUES ($1, $2, $3) ON CONFLICT (service_id) DO UPDATE"
+        " SET probed_at = EXCLUDED.probed_at, snapshot = EXCLUDED.snapshot"
+        " WHERE w.probed_at < EXCLUDED.probed_at",
+        event.service_id,
+        event.snapshot.probed_at,
+        event.snapshot.model_dump(mode="json"),
+    )
+
+
+async def apply_health_event(conn: Connection, event: Event) -> None:
+    match event:
+        case HealthChecked():
+            await _checked(conn, event)
+        case WalHealthRecorded():
+            await _wal(conn, event)
+        case _:
+            log.debug("the health projector ignores %s", event.type_name())
+
+
+async def apply_monitor_status(conn: Connection, event: ServiceStatusChanged) -> None:
+    """The monitor's verdict becomes the status only while the status is one the monitor owns,
+    no newer user request was made, and no newer check has been recorded (`occurred_at` is the
+    check's time)."""
+    await conn.execute(
+        "UPDATE service_status st SET status = $2, status_reason = $3, updated_at = now()"
+        " WHERE st.service_id = $1 AND st.status = ANY($4::text[])"
+        " AND st.requested_generation <= $5"
+        " AND NOT EXISTS (SELECT 1 FROM service_health h"
+        "   WHERE h.service_id = $1 AND h.checked_at > $6)",
+        event.service_id,
+        event.status,
+        event.reason,
+        MONITOR_OWNED,
+        event.generation or 0,
+        event.occurred_at,
+    )
+
+
+async def forget_health(conn: Connection, service_id: UUID) -> None:
+    """A deleted service leaves no health behind."""
+    for table in ("service_health", "service_health_history", "postgres_wal_health"):
+        await conn.execute(f"DELETE FROM {table} WHERE service_id = $1", service_id)

@@ -1,0 +1,3 @@
+from temps_monitor.main import run
+
+run()

@@ -1,0 +1,49 @@
+"""One handler per command type, registered explicitly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from temps_shared.bus.consume import Delivery, TerminalError
+from temps_shared.messages import Command, ProbeNow, decode_command
+
+from temps_monitor import schedule
+from temps_monitor.context import Monitor
+from temps_monitor.service_probe import probe_service
+
+log = logging.getLogger(__name__)
+
+
+async def handle_probe_now(m: Monitor, command: ProbeNow) -> None:
+    """Probe at once, whatever the schedule says; it counts as this period's probe."""
+    log.info(
+        "probing %s now (%s)",
+        command.service_id,
+        command.reason or "asked",
+        extra={"service_id": str(command.service_id), "message_id": str(command.message_id)},
+    )
+    settings = m.settings
+    await schedule.claim_now(
+        m.pool, command.service_id, settings.monitor_period_s, settings.monitor_instance_id
+    )
+    await probe_service(m, command.service_id)
+
+
+HANDLERS: dict[str, Callable[[Monitor, Command], Awaitable[None]]] = {
+    ProbeNow.type_name(): handle_probe_now,  # type: ignore[dict-item]
+}
+
+
+def make_handler(m: Monitor) -> Callable[[Delivery], Awaitable[None]]:
+    async def handle(delivery: Delivery) -> None:
+        try:
+            command = decode_command(delivery.message_type, delivery.data)
+        except ValueError as exc:
+            raise TerminalError(f"undecodable command: {exc}") from exc
+        handler = HANDLERS.get(command.type_name())
+        if handler is None:
+            raise TerminalError(f"the monitor has no handler for {command.type_name()}")
+        await handler(m, command)
+
+    return handle

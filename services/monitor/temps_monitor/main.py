@@ -1,0 +1,85 @@
+"""Startup: the one function that owns the monitor's I/O clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.consume import consume
+from temps_shared.bus.topology import MONITOR_CONSUMER
+from temps_shared.crypto import KeyRing
+from temps_shared.runtime import DockerRuntime
+from temps_shared.store.certificate_authority import ensure_installation_ca
+from temps_shared.store.migrations import apply_migrations
+from temps_shared.store.pool import create_pool
+from temps_shared.telemetry import setup_logging, setup_tracing
+
+from temps_monitor.context import Monitor
+from temps_monitor.cycle import run_cycles
+from temps_monitor.handlers import make_handler
+from temps_monitor.settings import MonitorSettings
+
+
+async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
+    """Probe on schedule and answer ProbeNow until `stop` is set, then drain."""
+    keyring = KeyRing.from_data_dir(settings.data_dir)
+    pool = await create_pool(settings.database_url, max_size=settings.monitor_concurrency + 4)
+    nc = await connect_nats(settings.nats_url, name=f"temps-monitor-{settings.monitor_instance_id}")
+    docker_client = docker.from_env()
+    s3_executor = ThreadPoolExecutor(settings.monitor_concurrency, thread_name_prefix="s3-probe")
+    try:
+        await apply_migrations(pool)
+        monitor = Monitor(
+            pool=pool,
+            js=nc.jetstream(),
+            runtime=DockerRuntime(docker_client, settings.docker_network),
+            keyring=keyring,
+            ca_pem=(await ensure_installation_ca(pool, keyring)).cert_pem,
+            settings=settings,
+            s3_executor=s3_executor,
+        )
+        cycles = asyncio.create_task(run_cycles(monitor, stop), name="monitor-cycles")
+        try:
+            await consume(
+                monitor.js,
+                MONITOR_CONSUMER,
+                make_handler(monitor),
+                stop=stop,
+                concurrency=settings.monitor_concurrency,
+            )
+        finally:
+            if not stop.is_set():  # the consumer failed: do not leave the loop behind
+                cycles.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycles
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await pool.close()
+        docker_client.close()
+        s3_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run() -> None:
+    settings = MonitorSettings()
+    setup_logging(settings.log_level)
+    setup_tracing("temps-monitor")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Docker calls run in threads: room for every probe in flight, and a few more.
+        loop.set_default_executor(ThreadPoolExecutor(settings.monitor_concurrency * 2 + 4))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run()

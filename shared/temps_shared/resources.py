@@ -1,0 +1,80 @@
+"""Per-container resource limits: the API's shape (MiB, MiB of swap beyond the memory cap,
+cores) and its mapping to Docker's Memory / MemorySwap / NanoCpus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MIB = 1024 * 1024
+NANO = 1_000_000_000
+MIN_MEMORY_MB = 6  # Docker refuses less ("Minimum memory limit allowed is 6MB")
+
+
+class ResourceLimits(BaseModel):
+    """Caps of every member of a service. None (or omitted) means no cap; all None: unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_mb: int | None = Field(
+        None, ge=MIN_MEMORY_MB, description="Hard memory cap in MiB; null for none."
+    )
+    swap_mb: int | None = Field(
+        None, ge=0, description="Swap in MiB beyond the memory cap; null or 0 for none."
+    )
+    cpus: float | None = Field(None, gt=0, description="CPU cap in cores; null for none.")
+
+    @model_validator(mode="after")
+    def _swap_needs_memory(self) -> ResourceLimits:
+        if self.swap_mb and self.memory_mb is None:
+            raise ValueError("swap_mb needs memory_mb: swap is counted beyond a memory cap")
+        return self
+
+    @property
+    def unlimited(self) -> bool:
+        return self.memory_mb is None and self.cpus is None
+
+    def docker(self) -> DockerLimits:
+        memory = self.memory_mb * MIB if self.memory_mb is not None else 0
+        return DockerLimits(
+            memory=memory,
+            # Docker's MemorySwap is memory + swap; equal to Memory means no swap beyond it.
+            memory_swap=memory + (self.swap_mb or 0) * MIB if memory else 0,
+            nano_cpus=round(self.cpus * NANO) if self.cpus is not None else 0,
+        )
+
+
+class DockerLimits(BaseModel):
+    """Docker's view: 0 means no cap (as in HostConfig)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory: int = 0
+    memory_swap: int = 0
+    nano_cpus: int = 0
+
+    def to_api(self) -> ResourceLimits:
+        memory_mb = self.memory // MIB if self.memory else None
+        swap = (self.memory_swap - self.memory) // MIB if self.memory and self.memory_swap else 0
+        return ResourceLimits(
+            memory_mb=memory_mb,
+            swap_mb=swap if memory_mb is not None else None,
+            cpus=self.nano_cpus / NANO if self.nano_cpus else None,
+        )
+
+    def lifts(self, wanted: DockerLimits) -> bool:
+        """Whether going to `wanted` removes a cap Docker 20.10 cannot remove live."""
+        return bool(
+            (self.memory and not wanted.memory) or (self.nano_cpus and not wanted.nano_cpus)
+        )
+
+    def drift(self, configured: DockerLimits) -> dict[str, dict[str, Any]] | None:
+        """{field: {configured, live}} in the API's units where they differ, else None."""
+        live_api, want_api = self.to_api(), configured.to_api()
+        differences = {
+            name: {"configured": getattr(want_api, name), "live": getattr(live_api, name)}
+            for name in ("memory_mb", "swap_mb", "cpus")
+            if getattr(want_api, name) != getattr(live_api, name)
+        }
+        return differences or None
