@@ -134,6 +134,36 @@ class ServiceDeleted(Event):
     generation: int
 
 
+class LinkRequested(Event):
+    """A project + environment was linked; its user is being created (`pending`)."""
+
+    link_id: UUID
+    project_id: UUID
+    environment: str
+    generation: int
+
+
+class LinkRevokeRequested(Event):
+    link_id: UUID
+    generation: int
+
+
+class LinksConverged(Event):
+    """The service's link users match the desired links: these are usable, those revoked."""
+
+    generation: int
+    active: list[UUID]
+    revoked: list[UUID]
+
+
+class CredentialsRotated(Event):
+    """New secrets for the admin and every link user are live; the old ones no longer work.
+    (The secrets themselves never travel on the bus.)"""
+
+    generation: int
+    links: int
+
+
 class HealthEvent(Event):
     """An observation of the health monitor: on its own stream (TEMPS_HEALTH, short retention),
     since there is one per service and cycle."""
@@ -170,6 +200,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ServiceStatusChanged,
         ServiceFailed,
         ServiceDeleted,
+        LinkRequested,
+        LinkRevokeRequested,
+        LinksConverged,
+        CredentialsRotated,
         HealthChecked,
         WalHealthRecorded,
     )

@@ -21,7 +21,17 @@ from temps_api.auth import ensure_admin_token
 from temps_api.errors import install_error_handlers
 from temps_api.outbox_relay import run_relay
 from temps_api.projector import run_health_projector, run_projector
-from temps_api.routes import events, health, runtime, service_health, services, tokens
+from temps_api.routes import (
+    audit_log,
+    events,
+    health,
+    links,
+    projects,
+    runtime,
+    service_health,
+    services,
+    tokens,
+)
 from temps_api.settings import ApiSettings
 from temps_api.state import AppState
 
@@ -91,7 +101,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
-    for module in (health, tokens, services, service_health, runtime, events):
+    for module in (
+        health,
+        tokens,
+        services,
+        service_health,
+        runtime,
+        projects,
+        links,
+        audit_log,
+        events,
+    ):
         app.include_router(module.router)
     return app
 

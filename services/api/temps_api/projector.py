@@ -17,6 +17,9 @@ from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSU
 from temps_shared.messages import (
     MONITOR_SOURCE,
     Event,
+    LinkRequested,
+    LinkRevokeRequested,
+    LinksConverged,
     ServiceDeleted,
     ServiceFailed,
     ServiceOperationRequested,
@@ -123,6 +126,29 @@ async def apply_event(conn: Connection, event: Event) -> None:
             await _set(conn, event, event.status, event.reason, event.generation)
         case ServiceFailed():
             await _set(conn, event, ServiceStatus.FAILED, event.reason, event.generation)
+        case LinkRequested():
+            await conn.execute(
+                "INSERT INTO link_status (link_id, status) VALUES ($1, 'pending')"
+                " ON CONFLICT (link_id) DO UPDATE SET status = 'pending', updated_at = now()",
+                event.link_id,
+            )
+        case LinkRevokeRequested():
+            await conn.execute(
+                "UPDATE link_status SET status = 'revoking', updated_at = now() WHERE link_id = $1",
+                event.link_id,
+            )
+        case LinksConverged():
+            # A link revoked since that reconcile began stays `revoking` until the next one.
+            await conn.execute(
+                "UPDATE link_status SET status = 'active', updated_at = now()"
+                " WHERE link_id = ANY($1::uuid[]) AND status = 'pending'",
+                event.active,
+            )
+            await conn.execute(
+                "UPDATE link_status SET status = 'revoked', updated_at = now()"
+                " WHERE link_id = ANY($1::uuid[])",
+                event.revoked,
+            )
         case ServiceDeleted():
             await conn.execute("DELETE FROM service_status WHERE service_id = $1", event.service_id)
             await forget_health(conn, event.service_id)

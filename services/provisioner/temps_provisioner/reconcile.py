@@ -13,12 +13,14 @@ from uuid import UUID
 
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_event
-from temps_shared.engines import ENGINES, Engine, offered_versions
+from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
 from temps_shared.engines.base import Endpoints
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
 from temps_shared.ids import LABEL_ROLE, container_name
 from temps_shared.messages import (
+    CredentialsRotated,
     Event,
+    LinksConverged,
     ServiceDeleted,
     ServiceProvisioned,
     ServiceStatus,
@@ -27,7 +29,13 @@ from temps_shared.messages import (
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerSpec
 from temps_shared.store import ports
-from temps_shared.store.services import ServiceRecord, get_service, mark_purged
+from temps_shared.store.links import links_of_service
+from temps_shared.store.services import (
+    ServiceRecord,
+    finish_rotation,
+    get_service,
+    mark_purged,
+)
 from temps_shared.tls import ServerCertificate, issue_server_certificate
 
 from temps_provisioner.context import Provisioner
@@ -153,10 +161,17 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
             await p.runtime.stop(replica.name, p.settings.stop_timeout_s)
     await converge(p, service, spec)
     endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
+    previous = service.previous_credentials(p.keyring)
+    if previous is not None:
+        await _rotate_admin(p, service, engine, spec.name, endpoints, previous, credentials)
     await wait_ready(
         p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
     )
     await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
+    service_links = await links_of_service(p.pool, service.id)
+    grants = [link.grant(p.keyring) for link in service_links]
+    if grants:
+        await engine.apply_links(endpoints, service, credentials, grants, p.ca.cert_pem, p.runtime)
 
     replication = None
     if postgres:
@@ -173,6 +188,50 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
         ),
         cause,
     )
+    if grants:
+        await _emit(
+            p,
+            LinksConverged(
+                service_id=service.id,
+                generation=service.generation,
+                active=[g.link_id for g in grants if g.active],
+                revoked=[g.link_id for g in grants if not g.active],
+            ),
+            cause,
+        )
+    rotated = service.previous_secrets_ciphertext
+    if rotated is not None and await finish_rotation(p.pool, service.id, rotated):
+        await _emit(
+            p,
+            CredentialsRotated(
+                service_id=service.id,
+                generation=service.generation,
+                links=sum(g.active for g in grants),
+            ),
+            cause,
+        )
+
+
+async def _rotate_admin(
+    p: Provisioner,
+    service: ServiceRecord,
+    engine: Engine,
+    name: str,
+    endpoints: Endpoints,
+    previous: dict[str, str],
+    credentials: dict[str, str],
+) -> None:
+    """Wait until the service answers with either set of credentials, then move the admin to
+    the new ones (nothing if a crashed earlier delivery already did)."""
+
+    async def either() -> None:
+        try:
+            await engine.check_ready(endpoints, credentials, p.ca.cert_pem)
+        except ServiceNotReadyError:
+            await engine.check_ready(endpoints, previous, p.ca.cert_pem)
+
+    await wait_ready(p, name, either)
+    await engine.rotate_admin(endpoints, service, previous, credentials, p.ca.cert_pem)
 
 
 async def _run_replica(

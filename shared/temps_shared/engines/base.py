@@ -7,10 +7,12 @@ how its service type runs, when it is ready, what finishes its setup, and how it
 from __future__ import annotations
 
 from typing import Any, Protocol
+from uuid import UUID
 
 from pydantic import BaseModel
 
-from temps_shared.runtime import ContainerSpec
+from temps_shared.links import LinkGrant
+from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
@@ -84,4 +86,42 @@ class Engine(Protocol):
         self, credentials: dict[str, str], connection_info: dict[str, Any], ca_pem: str
     ) -> dict[str, Any]:
         """The `/credentials` answer."""
+        ...
+
+    # --- links and rotation --------------------------------------------------------------
+
+    def new_link_credentials(self, project: str, environment: str, link_id: UUID) -> dict[str, str]:
+        """`{username, password, resource}` of a new link (a database, a bucket, or "")."""
+        ...
+
+    async def apply_links(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        credentials: dict[str, str],
+        grants: list[LinkGrant],
+        ca_pem: str,
+        runtime: DockerRuntime,
+    ) -> None:
+        """Make the service's link users exactly `grants` (idempotent): an active grant's user
+        exists with its password and least privileges on its own resource; a revoked one can no
+        longer log in (its data stays). Open connections survive a password change."""
+        ...
+
+    async def rotate_admin(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        previous: dict[str, str],
+        credentials: dict[str, str],
+        ca_pem: str,
+    ) -> None:
+        """Change the admin's secrets from `previous` to `credentials`; nothing when the
+        previous ones no longer work (already rotated)."""
+        ...
+
+    def link_variables(
+        self, connection_info: dict[str, Any], grant: LinkGrant
+    ) -> tuple[dict[str, str], set[str]]:
+        """The variables injected into a linked project + environment, and which are secret."""
         ...

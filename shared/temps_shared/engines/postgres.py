@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from temps_shared.crypto import generate_password
+from temps_shared.engines import postgres_links as links
 from temps_shared.engines import postgres_replication as replication
 from temps_shared.engines.base import Endpoints, ServiceNotReadyError
 from temps_shared.engines.postgres_monitoring import ensure_monitor_role
@@ -21,7 +23,8 @@ from temps_shared.ids import (
     container_name,
     volume_name,
 )
-from temps_shared.runtime import ContainerSpec
+from temps_shared.links import LinkGrant, identifier_for
+from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
@@ -336,3 +339,65 @@ class PostgresEngine:
             ),
             "ca_certificate": ca_pem,
         }
+
+    def new_link_credentials(self, project: str, environment: str, link_id: UUID) -> dict[str, str]:
+        name = identifier_for(project, environment, link_id)
+        return {"username": name, "password": generate_password(), "resource": name}
+
+    async def apply_links(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        credentials: dict[str, str],
+        grants: list[LinkGrant],
+        ca_pem: str,
+        runtime: DockerRuntime,
+    ) -> None:
+        conn = await connect(endpoints[PORT_NAME], credentials, ca_pem)
+        try:
+            await links.close_public_doors(conn, credentials["database"])
+            for grant in grants:
+                await links.apply_grant(conn, grant)
+        finally:
+            await conn.close(timeout=5)
+
+    async def rotate_admin(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        previous: dict[str, str],
+        credentials: dict[str, str],
+        ca_pem: str,
+    ) -> None:
+        try:
+            conn = await connect(endpoints[PORT_NAME], previous, ca_pem)
+        except ServiceNotReadyError:
+            return  # the previous password no longer works: rotated on an earlier delivery
+        try:
+            assert credentials["password"].isalnum()  # role DDL takes no bind parameters
+            await conn.execute(
+                f"ALTER ROLE \"{credentials['username']}\" PASSWORD '{credentials['password']}'"
+            )
+        finally:
+            await conn.close(timeout=5)
+
+    def link_variables(
+        self, connection_info: dict[str, Any], grant: LinkGrant
+    ) -> tuple[dict[str, str], set[str]]:
+        user, password, database = grant.username, grant.password, grant.resource
+        url = _url(user, password, connection_info["host"], connection_info["port"], database)
+        variables = {
+            "DATABASE_URL": url,
+            "POSTGRES_URL": url,
+            "POSTGRES_HOST": connection_info["host"],
+            "POSTGRES_PORT": str(connection_info["port"]),
+            "POSTGRES_DB": database,
+            "POSTGRES_USER": user,
+            "POSTGRES_PASSWORD": password,
+        }
+        replicas = connection_info.get("replicas") or []
+        if replicas:
+            variables["DATABASE_REPLICA_URL"] = ",".join(
+                _url(user, password, r["host"], r["port"], database) for r in replicas
+            )
+        return variables, {"POSTGRES_PASSWORD"}

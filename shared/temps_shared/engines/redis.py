@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Literal
 from urllib.parse import quote
+from uuid import UUID
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +28,7 @@ from temps_shared.engines.redis_acl import (
     ADMIN_USER,
     MONITOR_USER,
     apply_users,
+    link_user,
     platform_users,
     render_acl_file,
 )
@@ -38,7 +40,8 @@ from temps_shared.ids import (
     container_name,
     volume_name,
 )
-from temps_shared.runtime import ContainerSpec
+from temps_shared.links import LinkGrant, identifier_for
+from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
@@ -340,3 +343,55 @@ class RedisEngine:
             ),
             "ca_certificate": ca_pem,
         }
+
+    def new_link_credentials(self, project: str, environment: str, link_id: UUID) -> dict[str, str]:
+        name = "link_" + identifier_for(project, environment, link_id)
+        return {"username": name, "password": generate_password(), "resource": ""}
+
+    async def apply_links(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        credentials: dict[str, str],
+        grants: list[LinkGrant],
+        ca_pem: str,
+        runtime: DockerRuntime,
+    ) -> None:
+        major = major_version(service.version)
+        client = _client(endpoints["redis"], credentials["username"], credentials["password"])
+        try:
+            await apply_users(client, [link_user(g, major) for g in grants])
+        finally:
+            await client.aclose()
+
+    async def rotate_admin(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        previous: dict[str, str],
+        credentials: dict[str, str],
+        ca_pem: str,
+    ) -> None:
+        client = _client(endpoints["redis"], previous["username"], previous["password"])
+        try:
+            # `reset` + the new password: sessions already authenticated stay.
+            await apply_users(client, platform_users(credentials, major_version(service.version)))
+        except RedisError:
+            return  # the previous password no longer works: rotated on an earlier delivery
+        finally:
+            await client.aclose()
+
+    def link_variables(
+        self, connection_info: dict[str, Any], grant: LinkGrant
+    ) -> tuple[dict[str, str], set[str]]:
+        host, port = connection_info["host"], connection_info["port"]
+        variables = {
+            "REDIS_URL": _url(grant.username, grant.password, host, port),
+            "REDIS_HOST": host,
+            "REDIS_PORT": str(port),
+            "REDIS_USERNAME": grant.username,
+            "REDIS_PASSWORD": grant.password,
+        }
+        if grant.key_prefix:
+            variables["REDIS_KEY_PREFIX"] = grant.key_prefix
+        return variables, {"REDIS_PASSWORD"}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from temps_shared.links import LinkGrant
+
 ADMIN_USER = "temps_admin"
 MONITOR_USER = "temps_monitor"
 BACKUP_USER = "temps_backup"
@@ -111,3 +113,32 @@ async def apply_users(client: aioredis.Redis, users: list[AclUser]) -> bool:
         return False
     await client.acl_save()
     return True
+
+
+# What a link user may not do: administer, reconfigure, wipe or stop the server.
+LINK_DENIED = (
+    "-@admin",
+    "-@dangerous",
+    "-flushall",
+    "-flushdb",
+    "-config",
+    "-debug",
+    "-acl",
+    "-shutdown",
+    "-monitor",
+)
+
+
+def link_user(grant: LinkGrant, major: int) -> AclUser:
+    """A project + environment's user: every key and channel (or only those under its
+    `key_prefix`), every command but the dangerous ones; off once the link is revoked."""
+    keys = f"~{grant.key_prefix}:*" if grant.key_prefix else "~*"
+    channels: tuple[str, ...] = ()
+    if major >= 7:  # channel ACLs exist from 6.2; Debian ships 6.0 and 7.0
+        channels = (f"&{grant.key_prefix}:*",) if grant.key_prefix else ("&*",)
+    return AclUser(
+        grant.username,
+        grant.active,
+        grant.password,
+        ("resetkeys", keys, *channels, "+@all", *LINK_DENIED),
+    )

@@ -18,13 +18,20 @@ import secrets
 import string
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import botocore.exceptions
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from temps_shared.crypto import generate_password
 from temps_shared.engines.base import Endpoints, ServiceNotReadyError
-from temps_shared.engines.s3_buckets import REGION, apply_bucket_settings, endpoint_url, s3_client
+from temps_shared.engines.s3_buckets import (
+    REGION,
+    apply_bucket_settings,
+    endpoint_url,
+    ensure_bucket,
+    s3_client,
+)
 from temps_shared.engines.sizes import parse_size_gb
 from temps_shared.ids import (
     LABEL_MANAGED,
@@ -33,7 +40,8 @@ from temps_shared.ids import (
     container_name,
     volume_name,
 )
-from temps_shared.runtime import ContainerSpec
+from temps_shared.links import LinkGrant, bucket_for
+from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
 
@@ -295,3 +303,65 @@ class S3Engine:
             "region": REGION,
             "ca_certificate": ca_pem,
         }
+
+    def new_link_credentials(self, project: str, environment: str, link_id: UUID) -> dict[str, str]:
+        alphabet = string.ascii_uppercase + string.digits
+        return {
+            "username": "TEMPS" + "".join(secrets.choice(alphabet) for _ in range(15)),
+            "password": generate_password(40),
+            "resource": bucket_for(project, environment, link_id),
+        }
+
+    async def apply_links(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        credentials: dict[str, str],
+        grants: list[LinkGrant],
+        ca_pem: str,
+        runtime: DockerRuntime,
+    ) -> None:
+        """A bucket per link, and exactly the active links' key pairs, each scoped to its own
+        bucket (a revoked key disappears; its bucket and objects stay)."""
+        client = s3_client(endpoint_url(*endpoints["s3"]), credentials, ca_pem)
+        for grant in grants:
+            if grant.active:
+                await asyncio.to_thread(ensure_bucket, client, grant.resource)
+        # s3_jobs builds on this module: imported here, not at the top, to avoid a cycle.
+        from temps_shared.engines.s3_jobs import apply_identities
+
+        identities = [
+            S3Identity(f"link-{g.link_id}", g.username, g.password, scoped_actions(g.resource))
+            for g in grants
+            if g.active
+        ]
+        await apply_identities(
+            runtime, container_name(service.service_type, service.name), identities
+        )
+
+    async def rotate_admin(
+        self,
+        endpoints: Endpoints,
+        service: ServiceRecord,
+        previous: dict[str, str],
+        credentials: dict[str, str],
+        ca_pem: str,
+    ) -> None:
+        return None  # the admin key lives in the container's command: the recreate rotates it
+
+    def link_variables(
+        self, connection_info: dict[str, Any], grant: LinkGrant
+    ) -> tuple[dict[str, str], set[str]]:
+        endpoint = endpoint_url(connection_info["host"], connection_info["port"])
+        variables = {
+            "S3_ENDPOINT": endpoint,
+            "S3_ACCESS_KEY": grant.username,
+            "S3_SECRET_KEY": grant.password,
+            "S3_BUCKET": grant.resource,
+            "S3_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": grant.username,
+            "AWS_SECRET_ACCESS_KEY": grant.password,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        return variables, {"S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"}

@@ -106,6 +106,16 @@ def _current_lifecycle(client: Any, bucket: str) -> list[dict[str, Any]]:
     return rules
 
 
+def ensure_bucket(client: Any, bucket: str) -> None:
+    """Create `bucket` unless it exists (blocking)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+        client.create_bucket(Bucket=bucket)
+
+
 def apply_bucket_settings(
     client: Any,
     bucket: str,
@@ -116,12 +126,7 @@ def apply_bucket_settings(
 ) -> None:
     """Converge `bucket` (created if missing) to these settings; blocking, and idempotent:
     only what differs is written."""
-    try:
-        client.head_bucket(Bucket=bucket)
-    except botocore.exceptions.ClientError as exc:
-        if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-        client.create_bucket(Bucket=bucket)
+    ensure_bucket(client, bucket)
 
     status = client.get_bucket_versioning(Bucket=bucket).get("Status")
     # A bucket that was ever versioned can only be suspended, never unversioned again.

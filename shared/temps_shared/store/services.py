@@ -28,10 +28,19 @@ class ServiceRecord:
     purged: bool
     created_at: datetime
     updated_at: datetime
+    previous_secrets_ciphertext: str | None = None  # set while a rotation is being applied
 
     def credentials(self, keyring: KeyRing) -> dict[str, str]:
         """The admin credentials, decrypted (bound to this service's id)."""
         plain = keyring.decrypt(self.secrets_ciphertext, secrets_aad(self.id))
+        data: dict[str, str] = json.loads(plain)
+        return data
+
+    def previous_credentials(self, keyring: KeyRing) -> dict[str, str] | None:
+        """The admin credentials before a rotation still being applied, else None."""
+        if self.previous_secrets_ciphertext is None:
+            return None
+        plain = keyring.decrypt(self.previous_secrets_ciphertext, secrets_aad(self.id))
         data: dict[str, str] = json.loads(plain)
         return data
 
@@ -54,6 +63,7 @@ def _record(row: asyncpg.Record) -> ServiceRecord:
         purged=row["purged"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        previous_secrets_ciphertext=row.get("previous_secrets"),
     )
 
 
@@ -124,6 +134,31 @@ async def update_resources(conn: Connection, service_id: UUID, resources: dict[s
         resources,
     )
     return generation
+
+
+async def rotate_secrets(conn: Connection, service_id: UUID, ciphertext: str) -> int:
+    """New admin secrets; the current ones are kept as `previous_secrets` until the provisioner
+    has applied the rotation (a rotation over an unfinished one keeps the oldest, which is
+    what the service still accepts). Returns the new generation."""
+    generation: int = await conn.fetchval(
+        "UPDATE services SET previous_secrets = coalesce(previous_secrets, secrets),"
+        " secrets = $2, generation = generation + 1, updated_at = now()"
+        " WHERE id = $1 RETURNING generation",
+        service_id,
+        ciphertext,
+    )
+    return generation
+
+
+async def finish_rotation(conn: Executor, service_id: UUID, previous_ciphertext: str) -> bool:
+    """Forget the previous secrets, unless another rotation replaced them meanwhile."""
+    done = await conn.fetchval(
+        "UPDATE services SET previous_secrets = NULL WHERE id = $1 AND previous_secrets = $2"
+        " RETURNING true",
+        service_id,
+        previous_ciphertext,
+    )
+    return bool(done)
 
 
 async def mark_purged(conn: Connection, service_id: UUID) -> None:

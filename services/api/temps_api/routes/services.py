@@ -20,11 +20,13 @@ from temps_shared.messages import (
 )
 from temps_shared.store import outbox
 from temps_shared.store.certificate_authority import installation_ca_certificate
+from temps_shared.store.links import active_links_of_service, link_aad, set_link_secrets
 from temps_shared.store.services import (
     ServiceRecord,
     bump_generation,
     get_service,
     insert_service,
+    rotate_secrets,
     secrets_aad,
     set_desired_state,
     update_parameters,
@@ -210,6 +212,13 @@ async def _change(
         assert current is not None
         if service.desired_state == "deleted" and operation != "delete":
             raise ApiError(409, "service_deleting", "the service is being deleted")
+        if operation == "delete" and (linked := await active_links_of_service(conn, service_id)):
+            raise ApiError(
+                409,
+                "linked",
+                f"the service is linked to {len(linked)} project environment(s); unlink them "
+                "first (DELETE /api/external-services/{id}/projects/{project_id})",
+            )
         if operation == "retry" and current.status != ServiceStatus.FAILED:
             raise ApiError(
                 409,
@@ -298,6 +307,54 @@ async def retry_service(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     return await _change(state, principal, request, service_id, "retry", _retry, idempotency_key)
+
+
+# Secrets a rotation renews: the admin's password (PostgreSQL, Redis) or key pair (S3 — its
+# access key names the static identity file, so a new one also makes SeaweedFS reload it).
+ADMIN_SECRETS = ("password", "access_key", "secret_key")
+
+
+@router.post("/{service_id}/rotate-credentials", status_code=202, response_model=ServicePublic)
+async def rotate_credentials(
+    service_id: UUID,
+    request: Request,
+    state: State,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """New secrets for the admin and every link user, stored with the links' variables in one
+    transaction; the provisioner applies them (open connections stay) and announces
+    `CredentialsRotated`."""
+
+    async def apply(conn: Connection, service: ServiceRecord) -> int:
+        if service.previous_secrets_ciphertext is not None:
+            raise ApiError(
+                409,
+                "rotation_in_progress",
+                "a credential rotation is still being applied; try again shortly",
+            )
+        engine = ENGINES[service.service_type]
+        current, fresh = (
+            service.credentials(state.keyring),
+            engine.generate_credentials(service.name),
+        )
+        rotated = {**current, **{k: fresh[k] for k in ADMIN_SECRETS if k in current}}
+        generation = await rotate_secrets(
+            conn,
+            service.id,
+            state.keyring.encrypt(json.dumps(rotated).encode(), secrets_aad(service.id)),
+        )
+        for link in await active_links_of_service(conn, service.id):
+            renewed = engine.new_link_credentials("rotate", link.environment, link.id)
+            secret = {**link.credentials(state.keyring), "password": renewed["password"]}
+            if service.service_type == "s3":  # the access key is half of the key pair
+                secret["username"] = renewed["username"]
+            await set_link_secrets(
+                conn, link.id, state.keyring.encrypt(json.dumps(secret).encode(), link_aad(link.id))
+            )
+        return generation
+
+    return await _change(state, principal, request, service_id, "rotate", apply, idempotency_key)
 
 
 @router.get("/{service_id}/credentials")
