@@ -1,0 +1,281 @@
+"""`temps services …`: create, list, show, delete, start, stop, retry, rotate, credentials, logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from temps_cli import resolve
+from temps_cli.client import CliError, ExitCode, TempsClient
+from temps_cli.output import (
+    JsonFlag,
+    abbreviate_pem,
+    api,
+    note,
+    print_fields,
+    print_json,
+    print_table,
+)
+
+app = typer.Typer(help="Managed services: PostgreSQL, Redis, S3.", no_args_is_help=True)
+
+ServiceRef = Annotated[str, typer.Argument(help="The service's name or id.", show_default=False)]
+WaitFlag = Annotated[bool, typer.Option("--wait", help="Wait until the change is done.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds --wait waits at most.", min=1, show_default=True)
+]
+LIST_COLUMNS = ("name", "service_type", "version", "status", "local", "id")
+POLL_S = 1.0
+
+
+def local_address(service: dict[str, Any]) -> str:
+    info = service.get("connection_info") or {}
+    if not info.get("local_port"):
+        return ""
+    return f"{info.get('local_host', '127.0.0.1')}:{info['local_port']}"
+
+
+def _row(service: dict[str, Any]) -> dict[str, Any]:
+    return {**service, "local": local_address(service)}
+
+
+def show_service(service: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(service)
+        return
+    info = service.get("connection_info") or {}
+    fields = [
+        ("name", service.get("name")),
+        ("id", service.get("id")),
+        ("type", f"{service.get('service_type')} {service.get('version')}"),
+        ("status", service.get("status")),
+        ("reason", service.get("status_reason")),
+        ("private address", f"{info['host']}:{info['port']}" if info.get("host") else ""),
+        ("local address", local_address(service)),
+        ("parameters", service.get("parameters")),
+        ("resources", service.get("resources")),
+        ("replication", service.get("replication")),
+        ("generation", f"{service.get('observed_generation')}/{service.get('generation')}"),
+        ("created", service.get("created_at")),
+    ]
+    print_fields((k, v) for k, v in fields if v not in (None, "", {}, []))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`; the value is JSON when it parses (`replicas=0`, `backups=false`,
+    `lifecycle=[…]`), a string otherwise (`memory=512MB`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CliError(f"--param {text!r}: expected key=value", ExitCode.INPUT)
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def wait_for(
+    client: TempsClient,
+    service_id: str,
+    status: str,
+    generation: int,
+    timeout_s: float,
+    poll_s: float = POLL_S,
+) -> dict[str, Any]:
+    """Poll until the service shows `status` at `generation` or later (the generation a write
+    answered, so a stale `operational` from before a restart does not count). A `failed` service
+    ends the wait with its reason."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        service: dict[str, Any] = client.get(f"/api/external-services/{service_id}")
+        converged = service.get("observed_generation", 0) >= generation
+        if converged and service.get("status") == status:
+            return service
+        if converged and service.get("status") == "failed":
+            raise CliError(
+                f"service {service.get('name')} failed: {service.get('status_reason')}",
+                ExitCode.PLATFORM,
+            )
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"gave up after {timeout_s:g}s: service {service.get('name')} is "
+                f"{service.get('status')}, not {status}",
+                ExitCode.TIMEOUT,
+            )
+        time.sleep(poll_s)
+
+
+def wait_gone(
+    client: TempsClient, service_id: str, generation: int, timeout_s: float, poll_s: float = POLL_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            service: dict[str, Any] = client.get(f"/api/external-services/{service_id}")
+        except CliError as exc:
+            if exc.exit_code == ExitCode.NOT_FOUND:
+                return
+            raise
+        converged = service.get("observed_generation", 0) >= generation
+        if converged and service.get("status") == "failed":
+            raise CliError(f"deleting failed: {service.get('status_reason')}", ExitCode.PLATFORM)
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"gave up after {timeout_s:g}s: service {service.get('name')} is still "
+                f"{service.get('status')}",
+                ExitCode.TIMEOUT,
+            )
+        time.sleep(poll_s)
+
+
+@app.command("list")
+def list_services(as_json: JsonFlag = False) -> None:
+    """List the services."""
+    services = api().get("/api/external-services")
+    if as_json:
+        print_json(services)
+    else:
+        print_table([_row(s) for s in services], LIST_COLUMNS)
+
+
+@app.command("show")
+def show(service: ServiceRef, as_json: JsonFlag = False) -> None:
+    """Show one service: status, addresses, parameters, resources."""
+    client = api()
+    show_service(
+        client.get(f"/api/external-services/{resolve.service_id(client, service)}"), as_json
+    )
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Lowercase letters, digits, dashes.")],
+    service_type: Annotated[
+        str, typer.Option("--type", "-t", help="postgres | redis | s3")
+    ] = "postgres",
+    version: Annotated[str | None, typer.Option(help="Major version, e.g. 17.")] = None,
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Engine parameter key=value (repeatable)."),
+    ] = None,
+    memory_mb: Annotated[
+        int | None,
+        typer.Option(help="Container memory cap (engine sizing: -p memory_mb=…).", min=1),
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="Container CPU cap.", min=0.01)] = None,
+    wait: WaitFlag = False,
+    timeout: Timeout = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a service; it provisions in the background (--wait: until it is operational)."""
+    body: dict[str, Any] = {"name": name, "service_type": service_type}
+    if version:
+        body["version"] = version
+    if params:
+        body["parameters"] = dict(parse_param(p) for p in params)
+    resources = {k: v for k, v in (("memory_mb", memory_mb), ("cpus", cpus)) if v is not None}
+    if resources:
+        body["resources"] = resources
+    client = api()
+    created = client.post("/api/external-services", body)
+    if wait:
+        note(f"waiting for {name} to be operational (at most {timeout:g}s)…")
+        created = wait_for(client, created["id"], "operational", 0, timeout)
+    show_service(created, as_json)
+
+
+def _operation(verb: str, target: str) -> None:
+    def command(
+        service: ServiceRef,
+        wait: WaitFlag = False,
+        timeout: Timeout = 120.0,
+        as_json: JsonFlag = False,
+    ) -> None:
+        client = api()
+        sid = resolve.service_id(client, service)
+        answer = client.post(f"/api/external-services/{sid}/{verb}")
+        if wait:
+            answer = wait_for(client, sid, target, int(answer.get("generation", 0)), timeout)
+        show_service(answer, as_json)
+
+    command.__doc__ = f"{verb.capitalize()} a service (--wait: until it is {target})."
+    app.command(verb)(command)
+
+
+_operation("start", "operational")
+_operation("stop", "stopped")
+_operation("retry", "operational")
+
+
+@app.command("delete")
+def delete(
+    service: ServiceRef,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    wait: WaitFlag = False,
+    timeout: Timeout = 120.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a service and its data (refused while projects are linked)."""
+    client = api()
+    sid = resolve.service_id(client, service)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError("deleting a service needs --yes when not on a terminal", ExitCode.INPUT)
+        typer.confirm(f"Delete service {service} and its data?", abort=True)
+    answer = client.delete(f"/api/external-services/{sid}")
+    if wait:
+        wait_gone(client, sid, int(answer.get("generation", 0)), timeout)
+        answer = {**answer, "status": "deleted"}
+    show_service(answer, as_json)
+
+
+@app.command("rotate")
+def rotate(
+    service: ServiceRef, wait: WaitFlag = False, timeout: Timeout = 120.0, as_json: JsonFlag = False
+) -> None:
+    """New credentials for the administrator and every link; linked variables follow.
+
+    Open connections stay; the old secrets stop working once applied (--wait: until then).
+    """
+    client = api()
+    sid = resolve.service_id(client, service)
+    answer = client.post(f"/api/external-services/{sid}/rotate-credentials")
+    if wait:
+        answer = wait_for(client, sid, "operational", int(answer.get("generation", 0)), timeout)
+    show_service(answer, as_json)
+
+
+@app.command("credentials")
+def credentials(service: ServiceRef, as_json: JsonFlag = False) -> None:
+    """The administrator credentials (needs secrets:read; audited)."""
+    client = api()
+    creds = client.get(f"/api/external-services/{resolve.service_id(client, service)}/credentials")
+    if as_json:
+        print_json(creds)
+    else:
+        print_fields(
+            (k, abbreviate_pem(str(v)) if k == "ca_certificate" else v) for k, v in creds.items()
+        )
+
+
+@app.command("logs")
+def logs(
+    service: ServiceRef,
+    member: Annotated[str | None, typer.Option(help="Member, e.g. replica-1.")] = None,
+    tail: Annotated[int, typer.Option(help="Lines from the end.", min=1)] = 200,
+    as_json: JsonFlag = False,
+) -> None:
+    """The last lines of a member's container log."""
+    client = api()
+    params = {"tail": str(tail), **({"member": member} if member else {})}
+    answer = client.get(
+        f"/api/external-services/{resolve.service_id(client, service)}/logs", params
+    )
+    if as_json:
+        print_json(answer)
+    else:
+        sys.stdout.write("".join(f"{line.rstrip(chr(10))}\n" for line in answer.get("lines", [])))
