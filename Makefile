@@ -43,3 +43,4 @@ test-e2e:
 bench: up       ## benchmarks: ratios against a baseline measured in the same run
 	$(BIN)/python bench/provision_latency.py
 	$(BIN)/python bench/stats_latency.py
+	$(BIN)/python bench/monitor_cycle.py

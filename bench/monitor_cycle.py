@@ -292,7 +292,9 @@ async def run(env: dict[str, str]) -> None:
                 for _ in range(CYCLES):
                     cycles.append(await measure(lambda: _checked_cycle(m, total)))
                     bare.append(await measure(lambda: bounded(baseline_calls)))
+                verdicts = await _verdicts(m, total)
             report(total, cycles, bare)
+            print(f"  verdicts of the last checks: {verdicts}")
         finally:
             await delete_services(api, services)
 
@@ -305,6 +307,22 @@ async def _checked_cycle(m: Monitor, total: int) -> None:
     probed = await monitor_cycle(m)
     if probed != total:
         raise SystemExit(f"the cycle claimed {probed} of {total} services")
+
+
+async def _verdicts(m: Monitor, total: int) -> dict[str, int]:
+    """The latest verdict of every service, once the health projector has them all."""
+    query = (
+        "SELECT h.status, count(*) FROM service_health h JOIN services s ON s.id = h.service_id"
+        " WHERE s.name LIKE $1 GROUP BY h.status"
+    )
+
+    async def projected() -> bool:
+        rows = await m.pool.fetch(query, f"bench-{RUN}-%")
+        return bool(sum(r["count"] for r in rows) == total)
+
+    await until(projected, 60, "the health projector")
+    rows = await m.pool.fetch(query, f"bench-{RUN}-%")
+    return {r["status"]: r["count"] for r in rows}
 
 
 def report(total: int, cycles: list[tuple[float, float]], bare: list[tuple[float, float]]) -> None:

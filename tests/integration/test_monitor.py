@@ -1,9 +1,9 @@
 """The health monitor (issue 7) on real PostgreSQL services, NATS and Docker: statuses, metrics,
 history and uptime, the WAL health probe and its endpoint, ProbeNow, work sharing.
 
-Lean on purpose (2 cores): three PostgreSQL services without replicas. The monitor runs with a
-2 s period; "within one cycle" is asserted as one period plus a few seconds of slack for the
-probe, the bus and the projectors.
+Lean on purpose (2 cores): three PostgreSQL services without replicas, one Redis, one S3. The
+monitor runs with a 2 s period and 1 MB storage units; "within one cycle" is asserted as one
+period plus a few seconds of slack for the probe, the bus and the projectors.
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ from temps_shared.messages import ProbeNow
 from temps_shared.store.services import get_service
 
 from tests.integration.conftest import Platform
+from tests.integration.monitoring import (
+    admin_connection,
+    checks_with,
+    converged,
+    create_postgres,
+    generate_wal,
+    health,
+    recreate_with,
+    status_of,
+    wait_for_status,
+    wal_warnings,
+)
 from tests.support import RUN_PREFIX as P
 from tests.support import eventually, wait_status
 
@@ -39,7 +51,6 @@ ONE_CYCLE = CYCLE + 4.0
 TWO_CYCLES = 2 * CYCLE + 4.0
 MB = 1024 * 1024
 BIG = {"replicas": 0, "storage_gb": 65536}  # with 1 MB units: 64 GiB, never near 90 %
-PGDATA_MOUNT = "/var/lib/postgresql/data"
 SMALL_WAL = ["-c", "max_wal_size=32MB", "-c", "min_wal_size=32MB"]
 
 
@@ -57,82 +68,14 @@ async def control_db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def _create(api: httpx.AsyncClient, name: str, parameters: dict[str, Any]) -> str:
-    response = await api.post(
-        "/api/external-services",
-        json={"name": name, "service_type": "postgres", "parameters": parameters},
-    )
-    assert response.status_code == 202, response.text
-    service_id: str = response.json()["id"]
-    await wait_status(api, service_id, "operational", timeout_s=120)
-    return service_id
-
-
-async def _admin(api: httpx.AsyncClient, service_id: str) -> asyncpg.Connection:
-    creds = (await api.get(f"/api/external-services/{service_id}/credentials")).json()
-    context = ssl.create_default_context(cadata=creds["ca_certificate"])
-    return await asyncpg.connect(creds["local_connection_url"].split("?")[0], ssl=context)
-
-
-async def _health(api: httpx.AsyncClient, service_id: str, limit: int = 50) -> dict[str, Any]:
-    response = await api.get(f"/api/external-services/{service_id}/health?limit={limit}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _status(api: httpx.AsyncClient, service_id: str) -> tuple[str, str | None]:
-    body = (await api.get(f"/api/external-services/{service_id}")).json()
-    return body["status"], body["status_reason"]
-
-
-async def _wait_status(
-    api: httpx.AsyncClient, service_id: str, status: str, timeout_s: float, reason: str = ""
-) -> str | None:
-    async def probe() -> tuple[str, str | None] | None:
-        current = await _status(api, service_id)
-        return current if current[0] == status and reason in (current[1] or "") else None
-
-    found = await eventually(probe, timeout_s, f"{service_id} {status} ({reason})", 0.1)
-    return found[1]
-
-
-async def _converged(api: httpx.AsyncClient, service_id: str) -> None:
-    async def probe() -> bool:
-        body = (await api.get(f"/api/external-services/{service_id}")).json()
-        current = body["observed_generation"] == body["generation"]
-        return current and body["status"] == "operational"
-
-    await eventually(probe, 60, f"{service_id} to converge")
-
-
-async def _wal_warnings(api: httpx.AsyncClient, service_id: str) -> dict[str, dict[str, Any]]:
-    response = await api.get(f"/api/external-services/{service_id}/wal-health")
-    if response.status_code == 404:
-        return {}
-    return {w["kind"]: w for w in response.json()["warnings"]}
-
-
-async def _generate_wal(conn: asyncpg.Connection, segments: int) -> None:
-    """`segments` new 16 MB WAL segments, cheaply: a tiny write, then a segment switch."""
-    await conn.execute("CREATE TABLE IF NOT EXISTS wal_filler (v text)")
-    for _ in range(segments):
-        await conn.execute("INSERT INTO wal_filler VALUES ('x')")
-        await conn.execute("SELECT pg_switch_wal()")
-
-
-def _container(docker_client: docker.DockerClient, name: str) -> Any:
-    return docker_client.containers.get(f"temps-postgres-{P}{name}")
-
-
 @pytest.fixture(scope="module")
 async def plain(api: httpx.AsyncClient, monitor: MonitorSettings) -> str:
-    return await _create(api, f"{P}mon", {"replicas": 0, "storage_gb": 1000})
+    return await create_postgres(api, f"{P}mon", {"replicas": 0, "storage_gb": 1000})
 
 
 async def test_health_shows_metrics_and_history(api: httpx.AsyncClient, plain: str) -> None:
     async def checked() -> dict[str, Any] | None:
-        body = await _health(api, plain)
+        body = await health(api, plain)
         return body if body["history"] and body["metrics"]["connections"] is not None else None
 
     body = await eventually(checked, ONE_CYCLE + CYCLE, "a first health check")
@@ -155,13 +98,45 @@ async def test_health_shows_metrics_and_history(api: httpx.AsyncClient, plain: s
     assert snapshot["archive_mode"] == "off"
 
 
+async def test_redis_and_s3_are_probed(api: httpx.AsyncClient, monitor: MonitorSettings) -> None:
+    ids = {}
+    for service_type in ("redis", "s3"):
+        response = await api.post(
+            "/api/external-services",
+            json={
+                "name": f"{P}{service_type}",
+                "service_type": service_type,
+                "parameters": {"size_gb": 1000} if service_type == "s3" else {},
+            },
+        )
+        assert response.status_code == 202, response.text
+        ids[service_type] = response.json()["id"]
+    for service_type, service_id in ids.items():
+        await wait_status(api, service_id, "operational", timeout_s=120)
+
+        async def checked(service_id: str = service_id) -> dict[str, Any] | None:
+            body = await health(api, service_id)
+            return body if body["history"] else None
+
+        body = await eventually(checked, ONE_CYCLE + CYCLE, f"a check of {service_type}")
+        assert body["history"][0]["status"] == "operational", body
+        assert body["history"][0].get("error") is None, body
+        assert body["metrics"]["storage_used_bytes"] > 0
+        response = await api.get(f"/api/external-services/{service_id}/wal-health")
+        assert response.status_code == 404
+        assert "PostgreSQL services only" in response.json()["error"]["message"]
+    assert (await health(api, ids["redis"]))["metrics"]["connections"] >= 0
+    assert (await health(api, ids["redis"]))["metrics"]["storage_allocated_bytes"] is None
+    assert (await health(api, ids["s3"]))["metrics"]["storage_allocated_bytes"] == 1000 * MB
+
+
 async def test_probe_role_cannot_write(
     api: httpx.AsyncClient, plain: str, control_db: asyncpg.Connection, data_dir: Path
 ) -> None:
     record = await get_service(control_db, UUID(plain))
     assert record is not None
     creds = record.credentials(KeyRing.from_data_dir(data_dir))
-    admin = await _admin(api, plain)
+    admin = await admin_connection(api, plain)
     await admin.execute("CREATE TABLE IF NOT EXISTS precious (v text)")
     await admin.close()
     info = (await api.get(f"/api/external-services/{plain}")).json()["connection_info"]
@@ -193,39 +168,32 @@ async def test_probe_role_cannot_write(
 async def test_stopped_container_is_down_then_operational_and_uptime_drops(
     api: httpx.AsyncClient, plain: str, docker_client: docker.DockerClient
 ) -> None:
-    container = _container(docker_client, "mon")
+    container = docker_client.containers.get(f"temps-postgres-{P}mon")
     await asyncio.to_thread(container.stop, timeout=5)
     stopped_at = time.monotonic()
-    reason = await _wait_status(api, plain, "down", ONE_CYCLE)
+    reason = await wait_for_status(api, plain, "down", ONE_CYCLE)
     assert time.monotonic() - stopped_at <= ONE_CYCLE
     assert reason == "the container is exited"
     down_checks = await eventually(
-        lambda: _checks_with(api, plain, "down", 2), TWO_CYCLES, "two down checks"
+        lambda: checks_with(api, plain, "down", 2), TWO_CYCLES, "two down checks"
     )
-    assert down_checks[0]["error"] is None  # the container was seen stopped: nothing to dial
+    assert down_checks[0]["error"] == f"temps-postgres-{P}mon is exited"
 
     await asyncio.to_thread(container.start)
-    await _wait_status(api, plain, "operational", ONE_CYCLE + 10)
-    assert (await _health(api, plain))["uptime_24h_percent"] < 100.0
-
-
-async def _checks_with(
-    api: httpx.AsyncClient, service_id: str, status: str, count: int
-) -> list[dict[str, Any]] | None:
-    found = [c for c in (await _health(api, service_id))["history"] if c["status"] == status]
-    return found if len(found) >= count else None
+    await wait_for_status(api, plain, "operational", ONE_CYCLE + 10)
+    assert (await health(api, plain))["uptime_24h_percent"] < 100.0
 
 
 async def test_storage_over_90_percent_degrades(api: httpx.AsyncClient, plain: str) -> None:
-    used = (await _health(api, plain))["metrics"]["storage_used_bytes"]
+    used = (await health(api, plain))["metrics"]["storage_used_bytes"]
     # A tiny allocation (1 MB units in these tests) that leaves ~20 % free, then fill it.
     storage_gb = int(used / MB / 0.8) + 1
     response = await api.patch(
         f"/api/external-services/{plain}", json={"parameters": {"storage_gb": storage_gb}}
     )
     assert response.status_code == 202
-    await _converged(api, plain)
-    admin = await _admin(api, plain)
+    await converged(api, plain)
+    admin = await admin_connection(api, plain)
     try:
         await admin.execute(
             "CREATE TABLE filler AS SELECT repeat('x', 1000) AS v FROM generate_series(1, $1::int)",
@@ -233,27 +201,27 @@ async def test_storage_over_90_percent_degrades(api: httpx.AsyncClient, plain: s
         )
     finally:
         await admin.close()
-    reason = await _wait_status(api, plain, "degraded", ONE_CYCLE, reason="storage")
+    reason = await wait_for_status(api, plain, "degraded", ONE_CYCLE, reason="storage")
     assert reason is not None
     assert "90%" in reason
-    metrics = (await _health(api, plain))["metrics"]
+    metrics = (await health(api, plain))["metrics"]
     assert metrics["storage_used_bytes"] * 10 >= metrics["storage_allocated_bytes"] * 9
 
 
 async def test_stale_slot_is_critical_until_dropped(api: httpx.AsyncClient) -> None:
-    service_id = await _create(api, f"{P}slot", BIG)
-    admin = await _admin(api, service_id)
+    service_id = await create_postgres(api, f"{P}slot", BIG)
+    admin = await admin_connection(api, service_id)
     try:
         # max_wal_size is reloadable: a small one makes 3x cheap to reach.
         await admin.execute("ALTER SYSTEM SET max_wal_size = '32MB'")
         await admin.execute("ALTER SYSTEM SET min_wal_size = '32MB'")
         await admin.execute("SELECT pg_reload_conf()")
         await admin.execute("SELECT pg_create_physical_replication_slot('forgotten', true)")
-        await _generate_wal(admin, 7)
-        reason = await _wait_status(api, service_id, "degraded", ONE_CYCLE, reason="stale_slot")
+        await generate_wal(admin, 7)
+        reason = await wait_for_status(api, service_id, "degraded", ONE_CYCLE, reason="stale_slot")
         assert reason is not None
         assert reason.startswith("WAL health:")
-        stale = (await _wal_warnings(api, service_id))["stale_slot"]
+        stale = (await wal_warnings(api, service_id))["stale_slot"]
         assert stale["severity"] == "critical"
         assert stale["slot_name"] == "forgotten"
         assert stale["remediation_sql"] == "SELECT pg_drop_replication_slot('forgotten');"
@@ -264,45 +232,55 @@ async def test_stale_slot_is_critical_until_dropped(api: httpx.AsyncClient) -> N
         await admin.execute(stale["remediation_sql"])
         await admin.execute("SELECT pg_switch_wal()")
         await admin.execute("CHECKPOINT")
-        await _wait_status(api, service_id, "operational", TWO_CYCLES)
-        assert await _wal_warnings(api, service_id) == {}
+        await wait_for_status(api, service_id, "operational", TWO_CYCLES)
+        assert await wal_warnings(api, service_id) == {}
     finally:
         await admin.close()
 
 
-def _recreate_with(docker_client: docker.DockerClient, name: str, extra: list[str]) -> None:
-    """What an operator might do: recreate the container by hand with other server flags (as
-    test_postgres.py's archive_mode repair test does)."""
-    container = docker_client.containers.get(name)
-    tls = container.get_archive("/etc/temps/tls")[0]
-    attrs = container.attrs
-    container.remove(force=True)
-    binding = attrs["HostConfig"]["PortBindings"]["5432/tcp"][0]
-    rogue = docker_client.containers.create(
-        attrs["Config"]["Image"],
-        command=[*attrs["Config"]["Cmd"], *extra],
-        name=name,
-        hostname=name,
-        environment=attrs["Config"]["Env"],
-        labels=attrs["Config"]["Labels"],
-        volumes={f"{name}-data": {"bind": PGDATA_MOUNT, "mode": "rw"}},
-        ports={"5432/tcp": (binding["HostIp"], int(binding["HostPort"]))},
-        network="temps",
+async def test_service_stopped_by_the_user_stays_stopped(
+    api: httpx.AsyncClient, plain: str, control_db: asyncpg.Connection
+) -> None:
+    assert (await api.post(f"/api/external-services/{plain}/stop")).status_code == 202
+    await wait_status(api, plain, "stopped")
+    since = datetime.now(UTC)
+
+    async def cycles_passed() -> bool:
+        # Two more checks of the other services: two cycles went by.
+        done = await control_db.fetchval(
+            "SELECT count(DISTINCT checked_at) FROM service_health_history h"
+            " JOIN services s ON s.id = h.service_id"
+            " WHERE s.name LIKE $1 AND s.id <> $2 AND h.checked_at > $3",
+            f"{P}%",
+            UUID(plain),
+            since,
+        )
+        return bool(done >= 6)
+
+    await eventually(cycles_passed, 3 * CYCLE + 10, "two cycles")
+    assert (
+        await control_db.fetchval(
+            "SELECT count(*) FROM service_health_history WHERE service_id = $1 AND checked_at > $2",
+            UUID(plain),
+            since,
+        )
+        == 0
     )
-    rogue.put_archive("/etc/temps", b"".join(tls))
-    rogue.start()
+    assert (await status_of(api, plain))[0] == "stopped"
+    assert (await api.post(f"/api/external-services/{plain}/start")).status_code == 202
+    await converged(api, plain)
 
 
 async def test_archive_mode_without_command_then_bloat_and_down_stays_down(
     api: httpx.AsyncClient, docker_client: docker.DockerClient
 ) -> None:
-    service_id = await _create(api, f"{P}arch", BIG)
+    service_id = await create_postgres(api, f"{P}arch", BIG)
     name = f"temps-postgres-{P}arch"
     extra = ["-c", "archive_mode=on", "-c", "archive_command=", *SMALL_WAL]
-    await asyncio.to_thread(_recreate_with, docker_client, name, extra)
+    await asyncio.to_thread(recreate_with, docker_client, name, extra)
 
     async def has(kind: str) -> dict[str, Any] | None:
-        return (await _wal_warnings(api, service_id)).get(kind)
+        return (await wal_warnings(api, service_id)).get(kind)
 
     warning = await eventually(lambda: has("archive_mode_without_command"), 30, "the warning")
     assert warning["severity"] == "warning"
@@ -311,11 +289,11 @@ async def test_archive_mode_without_command_then_bloat_and_down_stays_down(
     snapshot = (await api.get(f"/api/external-services/{service_id}/wal-health")).json()
     assert snapshot["archive_mode"] == "on"
     assert snapshot["archive_command_source"] == "command line"
-    await _wait_status(api, service_id, "degraded", ONE_CYCLE, "archive_mode_without_command")
+    await wait_for_status(api, service_id, "degraded", ONE_CYCLE, "archive_mode_without_command")
 
-    admin = await _admin(api, service_id)
+    admin = await admin_connection(api, service_id)
     try:
-        await _generate_wal(admin, 7)  # nothing archives them: every segment stays
+        await generate_wal(admin, 7)  # nothing archives them: every segment stays
     finally:
         await admin.close()
     bloat = await eventually(lambda: has("wal_bloat"), ONE_CYCLE, "WAL bloat")
@@ -327,10 +305,39 @@ async def test_archive_mode_without_command_then_bloat_and_down_stays_down(
 
     # Down with WAL warnings: down it stays, cycle after cycle.
     await asyncio.to_thread(docker_client.containers.get(name).stop, timeout=5)
-    await _wait_status(api, service_id, "down", ONE_CYCLE)
-    await eventually(lambda: _checks_with(api, service_id, "down", 3), 3 * CYCLE + 4, "checks")
-    assert (await _status(api, service_id))[0] == "down"
-    assert "wal_bloat" in await _wal_warnings(api, service_id)  # the last snapshot is kept
+    await wait_for_status(api, service_id, "down", ONE_CYCLE)
+    await eventually(lambda: checks_with(api, service_id, "down", 3), 3 * CYCLE + 4, "checks")
+    assert (await status_of(api, service_id))[0] == "down"
+    assert "wal_bloat" in await wal_warnings(api, service_id)  # the last snapshot is kept
+
+
+async def test_stop_start_repair_refreshes_wal_health_at_once(
+    api: httpx.AsyncClient, platform: Platform
+) -> None:
+    """The provisioner recreates the hand-made container (archive_mode repaired) and asks the
+    monitor for a fresh snapshot (ProbeNow) instead of leaving the warning up for a cycle."""
+    listed = (await api.get("/api/external-services")).json()
+    service_id = next(s["id"] for s in listed if s["name"] == f"{P}arch")
+    nc = await nats.connect(platform.env["TEMPS_NATS_URL"])
+    try:
+        js = nc.jetstream()
+        asked = (await js.consumer_info("TEMPS_COMMANDS", "monitor")).delivered.consumer_seq
+        assert (await api.post(f"/api/external-services/{service_id}/stop")).status_code == 202
+        await wait_status(api, service_id, "stopped")
+        assert (await api.post(f"/api/external-services/{service_id}/start")).status_code == 202
+        await converged(api, service_id)
+        started = time.monotonic()
+
+        async def repaired() -> bool:
+            body = (await api.get(f"/api/external-services/{service_id}/wal-health")).json()
+            return body["archive_mode"] == "off" and not body["warnings"]
+
+        await eventually(repaired, 10, "a snapshot of the repaired server", 0.05)
+        assert time.monotonic() - started < 1.5
+        delivered = (await js.consumer_info("TEMPS_COMMANDS", "monitor")).delivered.consumer_seq
+        assert delivered > asked  # the provisioner asked for it
+    finally:
+        await nc.close()
 
 
 async def test_probe_now_refreshes_at_once(

@@ -1,5 +1,5 @@
-"""Health read models: the latest check, the check history (30 days), the latest WAL snapshot,
-and the status verdicts of the monitor.
+"""Health read models: the latest check, the check history (30 days by default), the latest
+WAL snapshot, and the status verdicts of the monitor.
 
 Applied by the projectors (projector.py): `HealthChecked` and `WalHealthRecorded` from the
 health stream, the monitor's `ServiceStatusChanged` from the event stream.
@@ -22,14 +22,14 @@ from temps_shared.store.types import Connection
 
 log = logging.getLogger(__name__)
 HEALTH_PROJECTION = "service_health"
-HISTORY_RETENTION = timedelta(days=30)
+DEFAULT_RETENTION = timedelta(days=30)
 # The statuses the monitor may change; the provisioner and the user own the others.
 MONITOR_OWNED = [ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED, ServiceStatus.DOWN]
 
 _LIVE = "EXISTS (SELECT 1 FROM services WHERE id = $1 AND NOT purged)"
 
 
-async def _checked(conn: Connection, event: HealthChecked) -> None:
+async def _checked(conn: Connection, event: HealthChecked, retention: timedelta) -> None:
     if not await conn.fetchval(f"SELECT {_LIVE}", event.service_id):
         return  # a late observation of a deleted service
     metrics = event.metrics.model_dump(mode="json")
@@ -64,7 +64,7 @@ async def _checked(conn: Connection, event: HealthChecked) -> None:
     await conn.execute(
         "DELETE FROM service_health_history WHERE service_id = $1 AND checked_at < $2",
         event.service_id,
-        event.checked_at - HISTORY_RETENTION,
+        event.checked_at - retention,
     )
 
 
@@ -82,10 +82,12 @@ async def _wal(conn: Connection, event: WalHealthRecorded) -> None:
     )
 
 
-async def apply_health_event(conn: Connection, event: Event) -> None:
+async def apply_health_event(
+    conn: Connection, event: Event, retention: timedelta = DEFAULT_RETENTION
+) -> None:
     match event:
         case HealthChecked():
-            await _checked(conn, event)
+            await _checked(conn, event, retention)
         case WalHealthRecorded():
             await _wal(conn, event)
         case _:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -65,7 +66,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 )
                 background.append(
                     asyncio.create_task(
-                        run_health_projector(pool, js, stop), name="health-projector"
+                        run_health_projector(
+                            pool, js, stop, timedelta(days=settings.health_history_retention_days)
+                        ),
+                        name="health-projector",
                     )
                 )
             yield

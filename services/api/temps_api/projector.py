@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -189,11 +190,15 @@ async def run_projector(pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.
 
 
 async def run_health_projector(
-    pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.Event
+    pool: asyncpg.Pool, js: JetStreamContext, stop: asyncio.Event, retention: timedelta
 ) -> None:
-    """The health stream's projector: same rules, its own stream and recorded sequence."""
+    """The health stream's projector: same rules, its own stream and recorded sequence;
+    checks older than `retention` are pruned as new ones arrive."""
+
+    async def apply(conn: Connection, event: Event) -> None:
+        await apply_health_event(conn, event, retention)
 
     async def handle(delivery: Delivery) -> None:
-        await project(pool, delivery, HEALTH_PROJECTION, apply_health_event)
+        await project(pool, delivery, HEALTH_PROJECTION, apply)
 
     await consume(js, HEALTH_PROJECTOR_CONSUMER, handle, stop=stop, concurrency=1)

@@ -14,3 +14,6 @@ class ApiSettings(TempsSettings):
     )
     outbox_poll_s: float = Field(1.0, description="Outbox poll period when no NOTIFY arrives.")
     projector_enabled: bool = Field(True, description="Run the status projector in this replica.")
+    health_history_retention_days: int = Field(
+        30, ge=1, description="Days of health checks kept (history and uptime)."
+    )

@@ -108,7 +108,8 @@ async def _figure(outcome: ProbeOutcome, what: str, budget: Budget, work: Awaita
     """A figure, or None with a note when it cannot be read in time."""
     try:
         return await budget.run(work)
-    except (OSError, TimeoutError, RedisError, asyncpg.PostgresError, ValueError) as exc:
+    except (*_UNANSWERED, asyncpg.InterfaceError, ValueError) as exc:
+        # InterfaceError: the connection is unusable after an earlier figure timed out.
         outcome.notes.append(f"{what} not read: {_describe(exc)}")
         return None
 
@@ -217,9 +218,13 @@ async def _tcp_connect(host: str, port: int) -> None:
 
 
 async def probe_redis(
-    m: Monitor, endpoints: Endpoints, credentials: dict[str, str], container: str, mount: str,
+    m: Monitor,
+    endpoints: Endpoints,
+    credentials: dict[str, str],
+    container: str,
+    mount: str,
     budget: Budget,
-) -> ProbeOutcome:  # fmt: skip
+) -> ProbeOutcome:
     outcome = ProbeOutcome()
     host, port = endpoints["redis"]
     client = aioredis.Redis(
@@ -252,9 +257,13 @@ async def probe_redis(
 
 
 async def probe_s3(
-    m: Monitor, endpoints: Endpoints, credentials: dict[str, str], container: str, mount: str,
+    m: Monitor,
+    endpoints: Endpoints,
+    credentials: dict[str, str],
+    container: str,
+    mount: str,
     budget: Budget,
-) -> ProbeOutcome:  # fmt: skip
+) -> ProbeOutcome:
     outcome = ProbeOutcome()
     client = s3_client(endpoint_url(*endpoints["s3"]), credentials, m.ca_pem)
     loop = asyncio.get_running_loop()

@@ -118,7 +118,8 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
     checked_at = utcnow()
     state = await m.runtime.inspect(name)
     container_status = state.status if state is not None else None
-    outcome, error = ProbeOutcome(), None
+    outcome = ProbeOutcome()
+    error = None if container_status == "running" else f"{name} is {container_status or 'missing'}"
     if container_status == "running":
         try:
             outcome = await _engine_probe(m, target, name)

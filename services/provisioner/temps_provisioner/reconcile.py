@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from uuid import UUID
 
 from temps_shared.bus.consume import TerminalError
-from temps_shared.bus.publish import publish_event
+from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
 from temps_shared.engines.base import Endpoints
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
@@ -21,6 +21,7 @@ from temps_shared.messages import (
     CredentialsRotated,
     Event,
     LinksConverged,
+    ProbeNow,
     ServiceDeleted,
     ServiceProvisioned,
     ServiceStatus,
@@ -188,6 +189,12 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
         ),
         cause,
     )
+    if postgres and drift:
+        # The primary was recreated (e.g. archive_mode repaired): a fresh WAL health snapshot
+        # now, not at the next health cycle.
+        await publish_command(
+            p.js, ProbeNow(service_id=service.id, reason=f"recreated ({', '.join(drift)})")
+        )
     if grants:
         await _emit(
             p,
