@@ -57,6 +57,7 @@ def docker_for_tests(prefix: str) -> Iterator[docker.DockerClient]:
     earlier, crashed runs (any run prefix, older than STALE_AFTER_S) before."""
     client = docker.from_env()
     remove_test_services(client, STALE_TEST_NAME, older_than_s=STALE_AFTER_S)
+    remove_stale_test_containers(client)
     try:
         yield client
     finally:
@@ -64,20 +65,31 @@ def docker_for_tests(prefix: str) -> Iterator[docker.DockerClient]:
         client.close()
 
 
+def remove_stale_test_containers(client: docker.DockerClient) -> None:
+    """Helper containers (e.g. a test control-plane database) a killed session left behind:
+    without testcontainers' reaper (no registry to pull it from) nothing else removes them."""
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        if _older_than(container.attrs["Created"], STALE_AFTER_S):
+            container.remove(force=True, v=True)
+
+
+def _older_than(created: str, seconds: float) -> bool:
+    """Docker's RFC 3339 timestamps (nanoseconds, Z) against now."""
+    when = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")
+    return when <= datetime.now(UTC) - timedelta(seconds=seconds)
+
+
 def remove_test_services(
     client: docker.DockerClient, name: re.Pattern[str], older_than_s: float = 0.0
 ) -> None:
     """Remove managed containers and volumes whose name matches `name` (and old enough)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-
-    def old(created: str) -> bool:
-        return datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00") <= cutoff
-
     for container in client.containers.list(all=True, filters={"label": "io.temps.managed=true"}):
-        if name.match(container.name or "") and old(container.attrs["Created"]):
+        if name.match(container.name or "") and _older_than(
+            container.attrs["Created"], older_than_s
+        ):
             container.remove(force=True)
     for volume in client.volumes.list(filters={"label": "io.temps.managed=true"}):
-        if name.match(volume.name or "") and old(volume.attrs["CreatedAt"]):
+        if name.match(volume.name or "") and _older_than(volume.attrs["CreatedAt"], older_than_s):
             volume.remove(force=True)
 
 
