@@ -391,3 +391,17 @@ async def test_two_monitors_probe_each_service_once_per_cycle(
     replicas = {m for row in rows for m in row["monitors"]}
     assert second.monitor_instance_id in replicas
     assert len(replicas) == 2
+
+
+async def test_a_stopped_read_replica_degrades_the_service(
+    api: httpx.AsyncClient, monitor: MonitorSettings, docker_client: docker.DockerClient
+) -> None:
+    service_id = await create_postgres(api, f"{P}rmon", {"replicas": 1, "storage_gb": 65536})
+    await wait_for_status(api, service_id, "operational", ONE_CYCLE)
+    replica = docker_client.containers.get(f"temps-postgres-{P}rmon-replica-1")
+    await asyncio.to_thread(replica.stop, timeout=5)
+    reason = await wait_for_status(api, service_id, "degraded", ONE_CYCLE, "replica-1")
+    assert reason == "read replica not running: replica-1"
+    await asyncio.to_thread(replica.start)
+    await wait_for_status(api, service_id, "operational", ONE_CYCLE + 10)
+    assert (await api.delete(f"/api/external-services/{service_id}")).status_code == 202

@@ -114,3 +114,12 @@ def test_probe_timeout_must_be_shorter_than_the_period() -> None:
     with pytest.raises(ValueError, match="shorter than monitor_period_s"):
         MonitorSettings(monitor_period_s=2, monitor_probe_timeout_s=2)
     assert MonitorSettings(monitor_period_s=2, monitor_probe_timeout_s=1.5).storage_unit_bytes
+
+
+def test_a_read_replica_that_does_not_run_degrades_and_is_named() -> None:
+    verdict = judge(container_status="running", probe_error=None, replicas_down=["replica-2"])
+    assert verdict.status == S.DEGRADED
+    assert verdict.reason == "read replica not running: replica-2"
+    # The primary itself down: down, whatever the replicas.
+    down = judge(container_status="exited", probe_error=None, replicas_down=["replica-1"])
+    assert down.status == S.DOWN

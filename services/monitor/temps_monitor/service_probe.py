@@ -16,6 +16,7 @@ from uuid import UUID
 from temps_shared.bus.publish import publish_event
 from temps_shared.engines import ENGINES
 from temps_shared.engines.base import dial_endpoints
+from temps_shared.engines.postgres import PostgresParameters
 from temps_shared.health import HealthMetrics, PostgresWalHealth
 from temps_shared.ids import container_name
 from temps_shared.messages import (
@@ -108,6 +109,19 @@ async def _engine_probe(m: Monitor, target: Target, container: str) -> ProbeOutc
     return await engine_probes.probe_s3(m, endpoints, credentials, container, DATA_MOUNT, budget)
 
 
+async def _replicas_down(m: Monitor, service: ServiceRecord) -> list[str]:
+    """PostgreSQL read replicas that should run and do not (e.g. `replica-1`)."""
+    if service.service_type != "postgres":
+        return []
+    wanted = PostgresParameters.model_validate(service.parameters).replicas
+    down = []
+    for n in range(1, wanted + 1):
+        state = await m.runtime.inspect(container_name(service.service_type, service.name, n))
+        if state is None or not state.running:
+            down.append(f"replica-{n}")
+    return down
+
+
 async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
     """Probe the service if it should run; the `HealthChecked` announced (None: not probed)."""
     target = await load_target(m, service_id)
@@ -129,12 +143,14 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
     if outcome.wal is not None:
         wal = snapshot(outcome.wal, checked_at, target.previous_failed_count)
     allocated = storage_allocated(m, service)
+    replicas_down = await _replicas_down(m, service) if container_status == "running" else []
     verdict = judge(
         container_status=container_status,
         probe_error=error,
         storage_used=outcome.storage_used_bytes,
         storage_allocated=allocated,
         wal_warnings=wal.warnings if wal else (),
+        replicas_down=replicas_down,
     )
     checked = HealthChecked(
         service_id=service.id,

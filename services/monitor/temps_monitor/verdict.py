@@ -1,8 +1,9 @@
 """The monitor's verdict on one probe, and when it becomes the service's status (pure logic).
 
 - A service whose container does not run, or which does not answer, is `down`.
-- One that answers is `degraded` when its storage is ≥ 90 % of the allocation or PostgreSQL
-  reports WAL warnings (the reason names each), otherwise `operational`. WAL warnings therefore
+- One that answers is `degraded` when its storage is ≥ 90 % of the allocation, PostgreSQL
+  reports WAL warnings, or a read replica does not run (the reason names each), otherwise
+  `operational`. WAL warnings therefore
   never touch a service that is `down`: they are only read from a server that answers.
 - The monitor moves a service only between `operational`, `degraded` and `down`: `stopped`,
   `provisioning`, `deleting` and `failed` belong to the provisioner and the user.
@@ -46,6 +47,7 @@ def judge(
     storage_used: int | None = None,
     storage_allocated: int | None = None,
     wal_warnings: Sequence[WalWarning] = (),
+    replicas_down: Sequence[str] = (),
 ) -> Verdict:
     """The verdict of one probe. `container_status` is Docker's state (None: no container)."""
     if container_status != "running":
@@ -53,6 +55,8 @@ def judge(
     if probe_error is not None:
         return Verdict(ServiceStatus.DOWN, "the service does not answer the health probe")
     reasons = []
+    if replicas_down:
+        reasons.append(f"read replica not running: {', '.join(replicas_down)}")
     if storage_exhausted(storage_used, storage_allocated):
         reasons.append(STORAGE_REASON)
     if wal_warnings:
