@@ -80,7 +80,7 @@ async def projects(api: httpx.AsyncClient) -> dict[str, str]:
 @pytest.fixture(scope="module")
 async def pg(api: httpx.AsyncClient, projects: dict[str, str]) -> dict[str, Any]:
     service = await _service(
-        api, f"{P}pg", "postgres", version="15", parameters={"replicas": 0, "memory_mb": 256}
+        api, f"{P}lnk-pg", "postgres", version="15", parameters={"replicas": 0, "memory_mb": 256}
     )
     for name in ("a", "b"):
         await _link(api, service["id"], projects[name])
@@ -242,7 +242,7 @@ async def test_unlink_revokes_the_user_and_keeps_the_data(
 
 
 async def test_redis_links(api: httpx.AsyncClient, projects: dict[str, str]) -> None:
-    service = await _service(api, f"{P}rd", "redis")
+    service = await _service(api, f"{P}lnk-rd", "redis")
     await _link(api, service["id"], projects["a"])
     await _link(api, service["id"], projects["c"], key_prefix="a")
     local = service["connection_info"]["local_port"]
@@ -307,7 +307,7 @@ def _s3(variables: dict[str, str], service: dict[str, Any], ca_file: str) -> Any
 async def test_s3_links_are_scoped_to_their_bucket(
     api: httpx.AsyncClient, projects: dict[str, str], tmp_path: Any
 ) -> None:
-    service = await _service(api, f"{P}s3", "s3")
+    service = await _service(api, f"{P}lnk-s3", "s3")
     await _link(api, service["id"], projects["a"])
     await _link(api, service["id"], projects["b"])
     a, b = await _variables(api, projects["a"]), await _variables(api, projects["b"])
