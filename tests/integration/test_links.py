@@ -16,7 +16,7 @@ import botocore.exceptions
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError
 
 from tests.support import RUN_PREFIX as P
 from tests.support import eventually, wait_status
@@ -290,6 +290,30 @@ async def test_redis_links(api: httpx.AsyncClient, projects: dict[str, str]) -> 
         await prefixed.set("b:1", "no")
     await prefixed.aclose()
 
+    # Rotation: the old link password stops working, the new variables work, keys stay.
+    await _rotate(api, service["id"])
+    renewed = await _variables(api, projects["a"])
+    assert renewed["REDIS_PASSWORD"] != a["REDIS_PASSWORD"]
+    with pytest.raises(AuthenticationError):
+        await client(a).ping()
+    fresh = client(renewed)
+    assert await fresh.get("rate:1.2.3.4") == "1"
+    await fresh.aclose()
+
+
+async def _rotate(api: httpx.AsyncClient, service_id: str) -> None:
+    """Rotate, and wait until the provisioner has converged to the rotated generation."""
+    response = await api.post(f"/api/external-services/{service_id}/rotate-credentials")
+    assert response.status_code == 202
+
+    generation = response.json()["generation"]
+
+    async def converged() -> bool:
+        body = (await api.get(f"/api/external-services/{service_id}")).json()
+        return bool(body["observed_generation"] >= generation and body["status"] == "operational")
+
+    await eventually(converged, 90, "the rotation to be applied")
+
 
 def _s3(variables: dict[str, str], service: dict[str, Any], ca_file: str) -> Any:
     info = service["connection_info"]
@@ -326,3 +350,18 @@ async def test_s3_links_are_scoped_to_their_bucket(
         assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
     await asyncio.to_thread(exercise)
+
+    # Rotation: the old key pair is refused, the new one works, the objects stay.
+    await _rotate(api, service["id"])
+    renewed = await _variables(api, projects["a"])
+    assert renewed["S3_ACCESS_KEY"] != a["S3_ACCESS_KEY"]
+    old_client, new_client = client, _s3(renewed, service, str(ca_file))
+
+    def after_rotation() -> None:
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            old_client.get_object(Bucket=a["S3_BUCKET"], Key="hello.txt")
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        body = new_client.get_object(Bucket=a["S3_BUCKET"], Key="hello.txt")["Body"].read()
+        assert body == b"hi"
+
+    await asyncio.to_thread(after_rotation)
