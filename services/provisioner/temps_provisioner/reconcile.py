@@ -14,7 +14,7 @@ from uuid import UUID
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
-from temps_shared.engines.base import Endpoints
+from temps_shared.engines.base import Endpoints, dial_endpoints
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
 from temps_shared.ids import LABEL_ROLE, container_name
 from temps_shared.messages import (
@@ -69,10 +69,7 @@ async def _emit(p: Provisioner, event: Event, cause: str) -> None:
 
 
 def _endpoints(p: Provisioner, engine: Engine, name: str, local_ports: dict[str, int]) -> Endpoints:
-    """Where this worker dials each port: one setting decides, here only."""
-    if p.settings.service_addressing == "private":
-        return {port_name: (name, port) for port_name, port in engine.ports.items()}
-    return {port_name: ("127.0.0.1", local_ports[port_name]) for port_name in engine.ports}
+    return dial_endpoints(p.settings.service_addressing, engine.ports, name, local_ports)
 
 
 def _certificate_for(p: Provisioner, name: str) -> ServerCertificate:
