@@ -3,6 +3,8 @@ really holds, stopped members, lifting caps, refusals, OOM kills, usage samples 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -112,6 +114,32 @@ async def test_usage_sample_and_logs(api: httpx.AsyncClient, capped: dict[str, A
     assert replica.status_code == 200
     unknown = await api.get(f"/api/external-services/{sid}/logs", params={"member": "nope"})
     assert unknown.status_code == 404
+
+
+async def test_cpu_percent_reflects_real_load(
+    api: httpx.AsyncClient, capped: dict[str, Any]
+) -> None:
+    sid = capped["id"]
+    creds = (await api.get(f"/api/external-services/{sid}/credentials")).json()
+    conn = await asyncpg.connect(creds["local_connection_url"], ssl="require")
+    busy = asyncio.create_task(
+        conn.fetchval("SELECT count(*) FROM generate_series(1, 200000000)", timeout=60)
+    )
+    try:
+
+        async def loaded() -> dict[str, Any] | None:
+            stats = (await api.get(f"/api/external-services/{sid}/stats")).json()
+            primary: dict[str, Any] = stats["members"][0]
+            return primary if primary["cpu_percent"] > 20.0 else None
+
+        # Capped at 0.5 core above: a busy backend shows close to 50 %, never above the cap.
+        primary = await eventually(loaded, 20, "CPU usage under load", interval_s=0.5)
+        assert primary["cpu_percent"] <= 60.0
+    finally:
+        busy.cancel()
+        with contextlib.suppress(BaseException):
+            await busy
+        conn.terminate()
 
 
 async def test_a_cap_below_usage_fails_and_shows_drift(
