@@ -38,7 +38,7 @@ async def runtime(service_id: UUID, state: State, _: Reader) -> Any:
 
 @router.get("/{service_id}/stats")
 async def stats(service_id: UUID, state: State, _: Reader) -> Any:
-    """One CPU/memory sample per member (about a second: CPU needs two readings)."""
+    """One CPU/memory sample per member (CPU measured over half a second)."""
     await _existing(state, service_id)
     return await ask_agent(state, "stats", service_id)
 
