@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -16,7 +15,7 @@ from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
 from temps_shared.store.pool import create_pool
-from temps_shared.telemetry import setup_logging, setup_tracing
+from temps_shared.worker_process import run_worker
 
 from temps_monitor.context import Monitor
 from temps_monitor.cycle import run_cycles
@@ -66,19 +65,13 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
 
 def run() -> None:
     settings = MonitorSettings()
-    setup_logging(settings.log_level)
-    setup_tracing("temps-monitor")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        # Docker calls run in threads: room for every probe in flight, and a few more.
-        loop.set_default_executor(ThreadPoolExecutor(settings.monitor_concurrency * 2 + 4))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(main())
+    # Docker calls run in threads: room for every probe in flight, and a few more.
+    run_worker(
+        "temps-monitor",
+        settings,
+        lambda stop: serve(settings, stop),
+        threads=settings.monitor_concurrency * 2 + 4,
+    )
 
 
 if __name__ == "__main__":

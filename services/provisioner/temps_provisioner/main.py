@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import docker
 from temps_shared.bus.connect import connect_nats
@@ -15,7 +14,7 @@ from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
 from temps_shared.store.pool import create_pool
-from temps_shared.telemetry import setup_logging, setup_tracing
+from temps_shared.worker_process import run_worker
 
 from temps_provisioner.agent import serve_agent
 from temps_provisioner.context import Provisioner
@@ -69,17 +68,7 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
 
 def run() -> None:
     settings = ProvisionerSettings()
-    setup_logging(settings.log_level)
-    setup_tracing("temps-provisioner")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(main())
+    run_worker("temps-provisioner", settings, lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":
