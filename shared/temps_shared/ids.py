@@ -10,6 +10,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 LABEL_MANAGED = "io.temps.managed"
 LABEL_SERVICE_ID = "io.temps.service-id"
 LABEL_ROLE = "io.temps.role"
+# The service generation a container was created for (which change made it).
+LABEL_GENERATION = "io.temps.generation"
 
 
 def is_valid_service_name(name: str) -> bool:

@@ -247,6 +247,7 @@ class AgentRequest(BaseModel):
     service_id: UUID | None = None
     member: str | None = None  # logs: "primary" (default) or "replica-<n>"
     tail: int = 200
+    generation: int | None = None  # apply-resources: the generation that stored the caps
 
 
 class AgentReply(BaseModel):

@@ -7,12 +7,19 @@ import asyncio
 import contextlib
 import os
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import docker
 import httpx
 import pytest
+from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.publish import publish_command
+from temps_shared.messages import AgentReply, AgentRequest, ReconcileService, agent_subject
+from temps_shared.store.pool import create_pool
+from temps_shared.store.services import update_resources
 
+from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import eventually, wait_status
 
@@ -205,6 +212,48 @@ async def test_lifting_every_cap_recreates_with_data(
             return None
 
     assert await eventually(kept, 30, "the data after the recreate") == "x"
+
+
+async def test_a_reconcile_that_lifted_the_caps_first_counts_as_recreated(
+    api: httpx.AsyncClient,
+    capped: dict[str, Any],
+    docker_client: docker.DockerClient,
+    platform: Platform,
+    database_url: str,
+    nats_url: str,
+) -> None:
+    """The PATCH queues a reconcile and asks the agent at once; whichever takes the service lock
+    first recreates the members. Here the reconcile wins: the agent must still say so."""
+    sid = capped["id"]
+    response = await _patch(api, sid, {"memory_mb": 256})
+    assert {a["outcome"] for a in response.json()["applied"]} == {"applied"}
+    pool = await create_pool(database_url)
+    try:
+        async with pool.acquire() as conn:
+            generation = await update_resources(conn, UUID(sid), {})
+    finally:
+        await pool.close()
+    nc = await connect_nats(nats_url, "test-resources")
+    try:
+        await publish_command(
+            nc.jetstream(),
+            ReconcileService(service_id=UUID(sid), generation=generation, reason="resources"),
+        )
+        await _converged(api, sid)
+        names = (f"temps-postgres-{P}caps", f"temps-postgres-{P}caps-replica-1")
+        ids = [docker_client.containers.get(name).id for name in names]
+        request = AgentRequest(service_id=UUID(sid), generation=generation)
+        subject = agent_subject(platform.api_settings().node_id, "apply-resources")
+        msg = await nc.request(subject, request.model_dump_json().encode(), timeout=60)
+    finally:
+        await nc.close()
+    reply = AgentReply.model_validate_json(msg.data)
+    assert [(a["outcome"], a["recreated"]) for a in reply.result["applied"]] == [
+        ("applied", True),
+        ("applied", True),
+    ]
+    assert [docker_client.containers.get(name).id for name in names] == ids
+    assert _host_config(docker_client, names[0])["Memory"] == 0
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from temps_shared.ids import LABEL_ROLE
+from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE
 from temps_shared.messages import AgentReply, AgentRequest, agent_subject
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerState
@@ -111,6 +111,10 @@ async def logs(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
     return {"member": member, "lines": await p.runtime.logs_tail(match[0].name, tail)}
 
 
+def _created_for(container: ContainerState, generation: int | None) -> bool:
+    return generation is not None and container.labels.get(LABEL_GENERATION) == str(generation)
+
+
 async def apply_resources(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
     """Apply the stored caps to every member now; one outcome per member."""
     service = await _service(p, request)
@@ -128,6 +132,10 @@ async def apply_resources(p: Provisioner, request: AgentRequest) -> dict[str, An
             container = existing.get(spec.name)
             if container is None:
                 entry["outcome"] = "missing"
+            elif _created_for(container, request.generation):
+                # The reconcile queued with these caps got here first and recreated the member.
+                entry["outcome"] = "applied" if container.running else "stopped"
+                entry["recreated"] = True
             elif container.limits.lifts(spec.limits):
                 # Docker 20.10 cannot lift a cap live: recreate with the data on its volume.
                 await converge(p, service, spec, start=container.running)

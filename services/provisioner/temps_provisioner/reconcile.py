@@ -16,7 +16,7 @@ from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
 from temps_shared.engines.base import Endpoints, dial_endpoints
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
-from temps_shared.ids import LABEL_ROLE, container_name
+from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE, container_name
 from temps_shared.messages import (
     CredentialsRotated,
     Event,
@@ -131,12 +131,17 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
         for n in range(1, replicas + 1)
         if postgres
     ]
+
+    def finish(spec: ContainerSpec) -> ContainerSpec:
+        labels = {**spec.labels, LABEL_GENERATION: str(service.generation)}
+        return replace(spec, limits=limits, labels=labels)
+
     return Desired(
         engine=engine,
         credentials=credentials,
         local_ports=local_ports,
-        primary=replace(primary, limits=limits),
-        replicas=[replace(r, limits=limits) for r in replica_specs],
+        primary=finish(primary),
+        replicas=[finish(r) for r in replica_specs],
     )
 
 

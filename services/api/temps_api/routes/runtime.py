@@ -87,5 +87,7 @@ async def set_resources(
             request,
             {"resources": limits.model_dump()},
         )
-    result = await ask_agent(state, "apply-resources", service_id, timeout_s=120)
+    result = await ask_agent(
+        state, "apply-resources", service_id, timeout_s=120, generation=generation
+    )
     return {"limits": limits.model_dump(), "applied": result["applied"]}
