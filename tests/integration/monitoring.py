@@ -43,12 +43,24 @@ async def status_of(api: httpx.AsyncClient, service_id: str) -> tuple[str, str |
     return body["status"], body["status_reason"]
 
 
+MONITOR_STATUSES = ("operational", "degraded", "down")
+
+
 async def wait_for_status(
     api: httpx.AsyncClient, service_id: str, status: str, timeout_s: float, reason: str = ""
 ) -> str | None:
+    """The status is projected from the event stream, the checks (and WAL snapshots) from the
+    health stream: for a status the monitor sets, wait until the latest check agrees too."""
+
     async def probe() -> tuple[str, str | None] | None:
         current = await status_of(api, service_id)
-        return current if current[0] == status and reason in (current[1] or "") else None
+        if current[0] != status or reason not in (current[1] or ""):
+            return None
+        if status in MONITOR_STATUSES:
+            history = (await health(api, service_id, limit=1))["history"]
+            if not history or history[0]["status"] != status:
+                return None
+        return current
 
     found = await eventually(probe, timeout_s, f"{service_id} {status} ({reason})", 0.1)
     return found[1]

@@ -168,9 +168,11 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
         generation=service.generation,
         monitor=m.settings.monitor_instance_id,
     )
-    await publish_event(m.js, checked)
+    # The snapshot first: the health projector applies the stream in order, so a check that
+    # is visible has its WAL snapshot visible too.
     if wal is not None:
         await publish_event(m.js, WalHealthRecorded(service_id=service.id, snapshot=wal))
+    await publish_event(m.js, checked)
     change = status_change(target.status, target.status_reason, target.previous, verdict)
     if change is not None:
         log.info(
