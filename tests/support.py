@@ -21,6 +21,11 @@ TEST_LABEL = "io.temps.test"
 # Every service a test session creates is named with this session's prefix, so concurrent
 # sessions (a developer's and a helper's) never clean up each other's containers.
 RUN_PREFIX = "t" + "".join(random.choices(string.ascii_lowercase, k=4)) + "-"
+# Loopback ports this session's services get: a block of its own, so concurrent sessions (each
+# with its own control-plane database) never hand out the same port.
+RUN_PORT_BASE = random.randrange(21000, 29000, 1000)
+RUN_PORT_RANGE = (RUN_PORT_BASE, RUN_PORT_BASE + 499)
+RUN_PORT_RANGE_S3 = (RUN_PORT_BASE + 500, RUN_PORT_BASE + 999)
 STALE_TEST_NAME = re.compile(r"^temps-[a-z0-9]+-(t[a-z]{4}|e2e)-")
 STALE_AFTER_S = 1800.0
 

@@ -25,7 +25,7 @@ from temps_provisioner.main import serve
 from temps_provisioner.settings import ProvisionerSettings
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.support import RUN_PREFIX, TEST_LABEL, docker_for_tests, eventually, free_port
+from tests.support import RUN_PORT_RANGE, RUN_PREFIX, TEST_LABEL, docker_for_tests, eventually, free_port
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +71,7 @@ def base_env(database_url: str, nats_url: str, data_dir: Path) -> dict[str, str]
         "TEMPS_NATS_URL": nats_url,
         "TEMPS_DATA_DIR": str(data_dir),
         "TEMPS_SERVICE_ADDRESSING": "loopback",
-        "TEMPS_LOCAL_PORT_RANGE": "21000-21999",
+        "TEMPS_LOCAL_PORT_RANGE": "{}-{}".format(*RUN_PORT_RANGE),
         "TEMPS_COMMAND_ACK_WAIT_S": "5",
         "TEMPS_LOG_LEVEL": "WARNING",
     }

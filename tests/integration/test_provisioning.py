@@ -19,7 +19,7 @@ from temps_shared.bus.publish import publish_command
 from temps_shared.messages import ReconcileService
 
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, service_containers, wait_status
+from tests.support import RUN_PORT_RANGE, eventually, service_containers, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,7 +70,7 @@ async def test_create_is_accepted_then_operational(
     assert info["host"] == f"temps-postgres-{P}traced"
     assert info["port"] == 5432
     assert info["local_host"] == "127.0.0.1"
-    assert 21000 <= info["local_port"] <= 21999
+    assert RUN_PORT_RANGE[0] <= info["local_port"] <= RUN_PORT_RANGE[1]
     # The spec's default: one read replica, streaming.
     assert [r["member"] for r in info["replicas"]] == ["replica-1"]
     assert operational["replication"][0]["member"] == "replica-1"

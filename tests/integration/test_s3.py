@@ -41,15 +41,15 @@ from temps_shared.store.services import get_service
 
 from tests.integration.conftest import Platform, admin_token
 from tests.support import RUN_PREFIX as P
-from tests.support import TEST_LABEL, eventually, wait_status
+from tests.support import RUN_PORT_RANGE_S3, TEST_LABEL, eventually, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MiB = 1024 * 1024
 JOBS_ENV = {
     "TEMPS_S3_QUOTA_UNIT_MB": "1",
     "TEMPS_S3_QUOTA_PERIOD_S": "1",
-    # Away from the range other modules (and concurrent sessions) use.
-    "TEMPS_LOCAL_PORT_RANGE": "24000-24499",
+    # Away from the range other modules use.
+    "TEMPS_LOCAL_PORT_RANGE": "{}-{}".format(*RUN_PORT_RANGE_S3),
 }
 
 
