@@ -44,8 +44,10 @@ from temps_monitor.cycle import guarded_probe
 from temps_monitor.schedule import claim_due, enrol
 from temps_monitor.settings import MonitorSettings
 from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
 from temps_shared.crypto import KeyRing
 from temps_shared.engines.s3_buckets import endpoint_url, s3_client
+from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
@@ -84,8 +86,11 @@ def control_plane(client: docker.DockerClient, workdir: Path) -> Iterator[dict[s
     """nats-server and a control-plane PostgreSQL, removed afterwards."""
     nats_port, db_port = free_port(), free_port()
     nats_bin = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    data_dir = workdir / "data"
+    layout = ServerLayout(f"127.0.0.1:{nats_port}", str(workdir / "js"), str(server_dir(data_dir)))
+    ensure_bus_files(data_dir, layout)  # as `make up` does: TLS, a user per role
     nats = subprocess.Popen(
-        [nats_bin, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(workdir / "js")],
+        [nats_bin, "-c", str(server_dir(data_dir) / "nats-server.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -104,8 +109,8 @@ def control_plane(client: docker.DockerClient, workdir: Path) -> Iterator[dict[s
     try:
         yield {
             "TEMPS_DATABASE_URL": f"postgresql://temps:temps@127.0.0.1:{db_port}/temps",
-            "TEMPS_NATS_URL": f"nats://127.0.0.1:{nats_port}",
-            "TEMPS_DATA_DIR": str(workdir / "data"),
+            "TEMPS_NATS_URL": f"tls://127.0.0.1:{nats_port}",
+            "TEMPS_DATA_DIR": str(data_dir),
             "TEMPS_SERVICE_ADDRESSING": "loopback",
             "TEMPS_LOCAL_PORT_RANGE": "23000-23999",
             "TEMPS_LOG_LEVEL": "WARNING",
@@ -234,8 +239,10 @@ async def monitor(env: dict[str, str]) -> AsyncIterator[Monitor]:
     fields: dict[str, Any] = {k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}
     settings = MonitorSettings(**fields, monitor_concurrency=CONCURRENCY)
     keyring = KeyRing.from_data_dir(settings.data_dir)
-    pool = await create_pool(settings.database_url, max_size=CONCURRENCY + 4)
-    nc = await connect_nats(settings.nats_url, name="bench-monitor")
+    pool = await create_pool(settings.database_dsn(), max_size=CONCURRENCY + 4)
+    nc = await connect_nats(
+        settings.nats_url, Role.MONITOR, settings.data_dir, name="bench-monitor"
+    )
     client = docker.from_env()
     executor = ThreadPoolExecutor(CONCURRENCY)
     try:
@@ -244,7 +251,7 @@ async def monitor(env: dict[str, str]) -> AsyncIterator[Monitor]:
             js=nc.jetstream(),
             runtime=DockerRuntime(client, settings.docker_network),
             keyring=keyring,
-            ca_pem=(await ensure_installation_ca(pool, keyring)).cert_pem,
+            ca_pem=(await ensure_installation_ca(pool, keyring, settings.data_dir)).cert_pem,
             settings=settings,
             s3_executor=executor,
         )

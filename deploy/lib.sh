@@ -9,6 +9,7 @@
 #   ensure_network       the platform's `temps` bridge network
 #   compose_bin / compose  the Docker Compose v2 binary, with -f and -p set
 #   ensure_compose_env   TEMPS_DATA_DIR + the control-plane DB password (generated once)
+#   ensure_bus_files     the NATS server's configuration and each role's credentials
 
 if [[ -n "${_TEMPS_LIB_SOURCED:-}" ]]; then return 0; fi
 _TEMPS_LIB_SOURCED=1
@@ -147,8 +148,8 @@ compose() {
   "$bin" -f "$REPO/docker-compose.yml" -p "$(compose_project)" "$@"
 }
 
-# Exports TEMPS_DATA_DIR (default ~/.temps, mode 0700) and
-# TEMPS_CONTROLPLANE_DB_PASSWORD (generated once into $TEMPS_DATA_DIR/controlplane_db_password).
+# Exports TEMPS_DATA_DIR (default ~/.temps, mode 0700); generates the control-plane database
+# password once into $TEMPS_DATA_DIR/controlplane_db_password (containers read the file).
 ensure_compose_env() {
   export TEMPS_DATA_DIR="${TEMPS_DATA_DIR:-$HOME/.temps}"
   if [[ ! -d "$TEMPS_DATA_DIR" ]]; then
@@ -162,7 +163,13 @@ ensure_compose_env() {
     (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp" && mv "$pwfile.tmp" "$pwfile")
   fi
   chmod 0600 "$pwfile"
-  TEMPS_CONTROLPLANE_DB_PASSWORD="$(cat "$pwfile")"
-  export TEMPS_CONTROLPLANE_DB_PASSWORD
   export TEMPS_API_PORT="${TEMPS_API_PORT:-8080}"
+}
+
+# Generates (once) the installation CA, the NATS server's certificate and configuration and a
+# password per role under $TEMPS_DATA_DIR; rewrites the configuration when permissions change.
+# Prints `changed` when a running server should reload.
+ensure_bus_files() {
+  "$VENV/bin/python" -m temps_shared.bus.credentials --data-dir "$TEMPS_DATA_DIR" \
+    --listen 0.0.0.0:4222 --store-dir /data --files-dir /etc/nats --http 127.0.0.1:8222
 }

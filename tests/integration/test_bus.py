@@ -21,8 +21,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_url)
+async def nc(bare_nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(bare_nats_url)
     yield client
     await client.close()
 
@@ -46,6 +46,7 @@ async def _test_stream(nc: Client, max_deliver: int) -> ConsumerSpec:
         ack_wait_s=2.0,
         max_deliver=max_deliver,
         max_ack_pending=16,
+        contract=False,
     )
     await js.add_consumer(name, spec.config())
     return spec

@@ -20,13 +20,12 @@ from uuid import UUID
 import asyncpg
 import docker
 import httpx
-import nats
 import pytest
 from temps_monitor.settings import MonitorSettings
 from temps_shared.bus.publish import publish_command
 from temps_shared.crypto import KeyRing
 from temps_shared.engines.postgres_monitoring import MONITOR_ROLE
-from temps_shared.messages import ProbeNow
+from temps_shared.messages import ProbeNow, Role
 from temps_shared.store.services import get_service
 
 from tests.integration.conftest import Platform
@@ -318,7 +317,7 @@ async def test_stop_start_repair_refreshes_wal_health_at_once(
     monitor for a fresh snapshot (ProbeNow) instead of leaving the warning up for a cycle."""
     listed = (await api.get("/api/external-services")).json()
     service_id = next(s["id"] for s in listed if s["name"] == f"{P}arch")
-    nc = await nats.connect(platform.env["TEMPS_NATS_URL"])
+    nc = await platform.bus(Role.API)
     try:
         js = nc.jetstream()
         asked = (await js.consumer_info("TEMPS_COMMANDS", "monitor")).delivered.consumer_seq
@@ -343,11 +342,13 @@ async def test_stop_start_repair_refreshes_wal_health_at_once(
 async def test_probe_now_refreshes_at_once(
     api: httpx.AsyncClient, plain: str, platform: Platform
 ) -> None:
-    nc = await nats.connect(platform.env["TEMPS_NATS_URL"])
+    nc = await platform.bus(Role.PROVISIONER)  # the role that asks for probes
     try:
         asked = datetime.now(UTC)
         await publish_command(
-            nc.jetstream(), ProbeNow(service_id=UUID(plain), reason="container recreated")
+            nc.jetstream(),
+            ProbeNow(service_id=UUID(plain), reason="container recreated"),
+            origin=Role.PROVISIONER,
         )
 
         async def fresh() -> bool:

@@ -12,14 +12,14 @@ from uuid import uuid4
 import asyncpg
 import docker
 import httpx
-import nats
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temps_shared.bus.publish import publish_command
-from temps_shared.messages import ReconcileService
+from temps_shared.messages import ReconcileService, Role
 
-from tests.support import RUN_PREFIX as P
+from tests.integration.conftest import Platform
 from tests.support import RUN_PORT_RANGE, eventually, service_containers, wait_status
+from tests.support import RUN_PREFIX as P
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -206,7 +206,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
 
 
 async def test_idempotency_key_replays_the_first_answer(
-    api: httpx.AsyncClient, nats_url: str, docker_client: docker.DockerClient
+    api: httpx.AsyncClient, platform: Platform, docker_client: docker.DockerClient
 ) -> None:
     key = str(uuid4())
     body = {"name": f"{P}idem", "service_type": "postgres", "parameters": {"replicas": 0}}
@@ -220,9 +220,11 @@ async def test_idempotency_key_replays_the_first_answer(
 
     # A command delivered twice (another id, same service) still makes one container.
     service_id = first.json()["id"]
-    nc = await nats.connect(nats_url)
+    nc = await platform.bus(Role.API)
     await publish_command(
-        nc.jetstream(), ReconcileService(service_id=service_id, generation=1, reason="duplicate")
+        nc.jetstream(),
+        ReconcileService(service_id=service_id, generation=1, reason="duplicate"),
+        origin=Role.API,
     )
     await nc.close()
     await wait_status(api, service_id, "operational")

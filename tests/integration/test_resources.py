@@ -13,9 +13,8 @@ import asyncpg
 import docker
 import httpx
 import pytest
-from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.publish import publish_command
-from temps_shared.messages import AgentReply, AgentRequest, ReconcileService, agent_subject
+from temps_shared.messages import AgentReply, AgentRequest, ReconcileService, Role, agent_subject
 from temps_shared.store.pool import create_pool
 from temps_shared.store.services import update_resources
 
@@ -220,7 +219,6 @@ async def test_a_reconcile_that_lifted_the_caps_first_counts_as_recreated(
     docker_client: docker.DockerClient,
     platform: Platform,
     database_url: str,
-    nats_url: str,
 ) -> None:
     """The PATCH queues a reconcile and asks the agent at once; whichever takes the service lock
     first recreates the members. Here the reconcile wins: the agent must still say so."""
@@ -233,11 +231,12 @@ async def test_a_reconcile_that_lifted_the_caps_first_counts_as_recreated(
             generation = await update_resources(conn, UUID(sid), {})
     finally:
         await pool.close()
-    nc = await connect_nats(nats_url, "test-resources")
+    nc = await platform.bus(Role.API)
     try:
         await publish_command(
             nc.jetstream(),
             ReconcileService(service_id=UUID(sid), generation=generation, reason="resources"),
+            origin=Role.API,
         )
         await _converged(api, sid)
         names = (f"temps-postgres-{P}caps", f"temps-postgres-{P}caps-replica-1")

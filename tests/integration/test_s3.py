@@ -34,14 +34,15 @@ from temps_shared.bus.connect import connect_nats
 from temps_shared.crypto import KeyRing
 from temps_shared.engines.s3 import S3Identity, S3Parameters, scoped_actions
 from temps_shared.engines.s3_jobs import apply_identities, run_lifecycle
+from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
 from temps_shared.store.services import get_service
 
 from tests.integration.conftest import Platform, admin_token
-from tests.support import RUN_PREFIX as P
 from tests.support import RUN_PORT_RANGE_S3, TEST_LABEL, eventually, wait_status
+from tests.support import RUN_PREFIX as P
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MiB = 1024 * 1024
@@ -87,17 +88,18 @@ async def jobs(platform: Platform) -> AsyncIterator[Provisioner]:
     settings = ProvisionerSettings(
         **{k.removeprefix("TEMPS_").lower(): v for k, v in platform.env.items()}
     )
-    pool = await create_pool(settings.database_url, max_size=2)
-    nc = await connect_nats(settings.nats_url, name="test-s3-jobs")
+    pool = await create_pool(settings.database_dsn(), max_size=2)
+    nc = await connect_nats(
+        settings.nats_url, Role.PROVISIONER, settings.data_dir, name="test-s3-jobs"
+    )
     docker_client = docker.from_env()
     keyring = KeyRing.from_data_dir(settings.data_dir)
     yield Provisioner(
         pool=pool,
-        nc=nc,
         js=nc.jetstream(),
         runtime=DockerRuntime(docker_client, settings.docker_network),
         keyring=keyring,
-        ca=await ensure_installation_ca(pool, keyring),
+        ca=await ensure_installation_ca(pool, keyring, settings.data_dir),
         settings=settings,
     )
     await nc.close()

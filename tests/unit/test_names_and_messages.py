@@ -4,14 +4,10 @@ from uuid import uuid4
 
 import pytest
 from pydantic import ValidationError
+from temps_shared.bus.codec import encode
+from temps_shared.bus.envelope import open_envelope
 from temps_shared.ids import container_name, is_valid_service_name, volume_name
-from temps_shared.messages import (
-    EVENT_TYPES,
-    ReconcileService,
-    ServiceProvisioned,
-    decode_command,
-    decode_event,
-)
+from temps_shared.messages import EVENT_TYPES, ReconcileService, Role, ServiceProvisioned
 
 
 @pytest.mark.parametrize("name", ["db", "app-db-1", "a" + "b" * 37])
@@ -30,23 +26,26 @@ def test_derived_names_fit_in_dns_labels() -> None:
     assert volume_name("postgres", "db1") == "temps-postgres-db1-data"
 
 
-def test_subjects() -> None:
+def test_subjects_end_with_the_publishing_role() -> None:
     sid = uuid4()
-    assert ReconcileService.subject() == "temps.cmd.provisioner.reconcile"
+    command = ReconcileService(service_id=sid, generation=1, reason="create")
+    assert command.subject(Role.API) == "temps.cmd.provisioner.reconcile.api"
     event = ServiceProvisioned(service_id=sid, generation=1, connection_info={})
-    assert event.subject() == f"temps.evt.service.{sid}.ServiceProvisioned"
+    assert event.subject(Role.PROVISIONER) == (
+        f"temps.evt.service.{sid}.ServiceProvisioned.provisioner"
+    )
 
 
 def test_messages_round_trip_and_are_frozen() -> None:
     command = ReconcileService(service_id=uuid4(), generation=3, reason="create")
-    assert decode_command("ReconcileService", command.model_dump_json().encode()) == command
+    opened = open_envelope(command.subject(Role.API), "ReconcileService", encode(command))
+    assert opened == (command, Role.API)
     with pytest.raises(ValidationError):
         command.generation = 4  # type: ignore[misc]
     event = ServiceProvisioned(service_id=uuid4(), generation=1, connection_info={"port": 5432})
-    assert decode_event("ServiceProvisioned", event.model_dump_json().encode()) == event
+    origin = Role.PROVISIONER
+    assert open_envelope(event.subject(origin), "ServiceProvisioned", encode(event))[0] == event
     assert event.schema_version == 1
-    with pytest.raises(ValueError, match="unknown event"):
-        decode_event("Nope", b"{}")
 
 
 def test_events_carry_no_secret_fields() -> None:

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import asyncpg
 from nats.js import JetStreamContext
-from temps_shared.bus.consume import Delivery, TerminalError, consume
+from temps_shared.bus.consume import Delivery, consume, contract_message
 from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.messages import (
     MONITOR_SOURCE,
@@ -28,7 +28,6 @@ from temps_shared.messages import (
     ServiceRequested,
     ServiceStatus,
     ServiceStatusChanged,
-    decode_event,
 )
 from temps_shared.store.types import Connection
 
@@ -163,10 +162,7 @@ async def project(
     projection: str = PROJECTION,
     apply: Callable[[Connection, Event], Awaitable[None]] = apply_event,
 ) -> None:
-    try:
-        event = decode_event(delivery.message_type, delivery.data)
-    except ValueError as exc:
-        raise TerminalError(str(exc)) from exc
+    event = contract_message(delivery, Event)
     async with pool.acquire() as conn, conn.transaction():
         last = await conn.fetchval(
             "SELECT last_seq FROM projector_offsets WHERE projection = $1 FOR UPDATE", projection

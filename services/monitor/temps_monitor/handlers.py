@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from temps_shared.bus.consume import Delivery, TerminalError
-from temps_shared.messages import Command, ProbeNow, decode_command
+from temps_shared.bus.consume import Delivery, TerminalError, contract_message
+from temps_shared.messages import Command, ProbeNow
 
 from temps_monitor import schedule
 from temps_monitor.context import Monitor
@@ -37,10 +37,7 @@ HANDLERS: dict[str, Callable[[Monitor, Command], Awaitable[None]]] = {
 
 def make_handler(m: Monitor) -> Callable[[Delivery], Awaitable[None]]:
     async def handle(delivery: Delivery) -> None:
-        try:
-            command = decode_command(delivery.message_type, delivery.data)
-        except ValueError as exc:
-            raise TerminalError(f"undecodable command: {exc}") from exc
+        command = contract_message(delivery, Command)
         handler = HANDLERS.get(command.type_name())
         if handler is None:
             raise TerminalError(f"the monitor has no handler for {command.type_name()}")

@@ -11,6 +11,7 @@ from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import MONITOR_CONSUMER
 from temps_shared.crypto import KeyRing
+from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
@@ -26,8 +27,13 @@ from temps_monitor.settings import MonitorSettings
 async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     """Probe on schedule and answer ProbeNow until `stop` is set, then drain."""
     keyring = KeyRing.from_data_dir(settings.data_dir)
-    pool = await create_pool(settings.database_url, max_size=settings.monitor_concurrency + 4)
-    nc = await connect_nats(settings.nats_url, name=f"temps-monitor-{settings.monitor_instance_id}")
+    pool = await create_pool(settings.database_dsn(), max_size=settings.monitor_concurrency + 4)
+    nc = await connect_nats(
+        settings.nats_url,
+        Role.MONITOR,
+        settings.data_dir,
+        name=f"temps-monitor-{settings.monitor_instance_id}",
+    )
     docker_client = docker.from_env()
     s3_executor = ThreadPoolExecutor(settings.monitor_concurrency, thread_name_prefix="s3-probe")
     try:
@@ -37,7 +43,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
             js=nc.jetstream(),
             runtime=DockerRuntime(docker_client, settings.docker_network),
             keyring=keyring,
-            ca_pem=(await ensure_installation_ca(pool, keyring)).cert_pem,
+            ca_pem=(await ensure_installation_ca(pool, keyring, settings.data_dir)).cert_pem,
             settings=settings,
             s3_executor=s3_executor,
         )

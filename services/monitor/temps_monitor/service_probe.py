@@ -22,6 +22,7 @@ from temps_shared.ids import container_name
 from temps_shared.messages import (
     MONITOR_SOURCE,
     HealthChecked,
+    Role,
     ServiceStatus,
     ServiceStatusChanged,
     WalHealthRecorded,
@@ -171,8 +172,10 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
     # The snapshot first: the health projector applies the stream in order, so a check that
     # is visible has its WAL snapshot visible too.
     if wal is not None:
-        await publish_event(m.js, WalHealthRecorded(service_id=service.id, snapshot=wal))
-    await publish_event(m.js, checked)
+        await publish_event(
+            m.js, WalHealthRecorded(service_id=service.id, snapshot=wal), origin=Role.MONITOR
+        )
+    await publish_event(m.js, checked, origin=Role.MONITOR)
     change = status_change(target.status, target.status_reason, target.previous, verdict)
     if change is not None:
         log.info(
@@ -194,5 +197,6 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
                 generation=service.generation,
                 source=MONITOR_SOURCE,
             ),
+            origin=Role.MONITOR,
         )
     return checked

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE
@@ -164,7 +165,7 @@ VERBS: dict[str, Callable[[Provisioner, AgentRequest], Awaitable[dict[str, Any]]
 }
 
 
-async def serve_agent(p: Provisioner) -> Subscription:
+async def serve_agent(p: Provisioner, nc: Client) -> Subscription:
     """Subscribe to this node's requests; replicas on the same node share them (queue group)."""
 
     async def on_request(msg: Msg) -> None:
@@ -191,6 +192,6 @@ async def serve_agent(p: Provisioner) -> Subscription:
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
 
-    return await p.nc.subscribe(
+    return await nc.subscribe(
         agent_subject(p.settings.node_id, "*"), queue=f"agent-{p.settings.node_id}", cb=dispatch
     )

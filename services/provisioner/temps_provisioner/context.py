@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from temps_shared.crypto import KeyRing
 from temps_shared.runtime import DockerRuntime
@@ -17,7 +16,6 @@ from temps_provisioner.settings import ProvisionerSettings
 @dataclass(frozen=True)
 class Provisioner:
     pool: asyncpg.Pool
-    nc: Client
     js: JetStreamContext
     runtime: DockerRuntime
     keyring: KeyRing

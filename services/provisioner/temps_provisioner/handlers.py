@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from temps_shared.bus.consume import Delivery, TerminalError
+from temps_shared.bus.consume import Delivery, TerminalError, contract_message
 from temps_shared.bus.publish import publish_event
-from temps_shared.messages import Command, ReconcileService, ServiceFailed, decode_command
+from temps_shared.messages import Command, ReconcileService, Role, ServiceFailed
 
 from temps_provisioner.context import Provisioner
 from temps_provisioner.reconcile import reconcile
@@ -31,34 +31,27 @@ HANDLERS: dict[str, Callable[[Provisioner, Command], Awaitable[None]]] = {
 }
 
 
-def _decode(delivery: Delivery) -> Command:
-    try:
-        return decode_command(delivery.message_type, delivery.data)
-    except ValueError as exc:
-        raise TerminalError(f"undecodable command: {exc}") from exc
-
-
 def make_handler(p: Provisioner) -> Callable[[Delivery], Awaitable[None]]:
     async def handle(delivery: Delivery) -> None:
-        command = _decode(delivery)
-        await HANDLERS[command.type_name()](p, command)
+        command = contract_message(delivery, Command)
+        handler = HANDLERS.get(command.type_name())
+        if handler is None:
+            raise TerminalError(f"the provisioner has no handler for {command.type_name()}")
+        await handler(p, command)
 
     return handle
 
 
 def make_on_terminal(p: Provisioner) -> Callable[[Delivery, str], Awaitable[None]]:
     async def on_terminal(delivery: Delivery, reason: str) -> None:
-        try:
-            command = decode_command(delivery.message_type, delivery.data)
-        except ValueError:
-            log.error("dropping undecodable command: %s", reason)
-            return
+        command = delivery.message
         if isinstance(command, ReconcileService):
             await publish_event(
                 p.js,
                 ServiceFailed(
                     service_id=command.service_id, generation=command.generation, reason=reason
                 ),
+                origin=Role.PROVISIONER,
                 dedupe_id=f"{command.message_id}:ServiceFailed",
             )
 

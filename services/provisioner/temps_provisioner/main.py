@@ -10,6 +10,7 @@ from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import provisioner_consumer
 from temps_shared.crypto import KeyRing
+from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
@@ -27,22 +28,31 @@ from temps_provisioner.storage_jobs import run_s3_jobs
 async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
     """Consume provisioner commands until `stop` is set, then drain."""
     keyring = KeyRing.from_data_dir(settings.data_dir)
-    pool = await create_pool(settings.database_url, max_size=settings.concurrency * 2 + 2)
-    nc = await connect_nats(settings.nats_url, name=f"temps-provisioner-{settings.node_id}")
+    pool = await create_pool(settings.database_dsn(), max_size=settings.concurrency * 2 + 2)
+    nc = await connect_nats(
+        settings.nats_url,
+        Role.PROVISIONER,
+        settings.data_dir,
+        name=f"temps-provisioner-{settings.node_id}",
+    )
+    # The host agent answers on its own connection, as its own role: a provisioner's
+    # credentials cannot call it.
+    agent_nc = await connect_nats(
+        settings.nats_url, Role.AGENT, settings.data_dir, name=f"temps-agent-{settings.node_id}"
+    )
     docker_client = docker.from_env()
     try:
         await apply_migrations(pool)
         provisioner = Provisioner(
             pool=pool,
-            nc=nc,
             js=nc.jetstream(),
             runtime=DockerRuntime(docker_client, settings.docker_network),
             keyring=keyring,
-            ca=await ensure_installation_ca(pool, keyring),
+            ca=await ensure_installation_ca(pool, keyring, settings.data_dir),
             settings=settings,
         )
         jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
-        agent = await serve_agent(provisioner)
+        agent = await serve_agent(provisioner, agent_nc)
         oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
         try:
             await consume(
@@ -60,8 +70,9 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        for connection in (agent_nc, nc):
+            with contextlib.suppress(Exception):
+                await connection.drain()
         await pool.close()
         docker_client.close()
 

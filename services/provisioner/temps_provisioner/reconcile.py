@@ -22,6 +22,7 @@ from temps_shared.messages import (
     Event,
     LinksConverged,
     ProbeNow,
+    Role,
     ServiceDeleted,
     ServiceProvisioned,
     ServiceStatus,
@@ -65,7 +66,9 @@ async def reconcile(p: Provisioner, service_id: UUID, cause: str) -> None:
 
 
 async def _emit(p: Provisioner, event: Event, cause: str) -> None:
-    await publish_event(p.js, event, dedupe_id=f"{cause}:{event.type_name()}")
+    await publish_event(
+        p.js, event, origin=Role.PROVISIONER, dedupe_id=f"{cause}:{event.type_name()}"
+    )
 
 
 def _endpoints(p: Provisioner, engine: Engine, name: str, local_ports: dict[str, int]) -> Endpoints:
@@ -195,7 +198,9 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
         # The primary was recreated (e.g. archive_mode repaired): a fresh WAL health snapshot
         # now, not at the next health cycle.
         await publish_command(
-            p.js, ProbeNow(service_id=service.id, reason=f"recreated ({', '.join(drift)})")
+            p.js,
+            ProbeNow(service_id=service.id, reason=f"recreated ({', '.join(drift)})"),
+            origin=Role.PROVISIONER,
         )
     if grants:
         await _emit(

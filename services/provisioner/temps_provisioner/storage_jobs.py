@@ -29,7 +29,7 @@ from temps_shared.engines.s3_jobs import (
     run_lifecycle,
 )
 from temps_shared.ids import container_name
-from temps_shared.messages import ServiceStatus, ServiceStatusChanged
+from temps_shared.messages import Role, ServiceStatus, ServiceStatusChanged
 from temps_shared.store import ports
 from temps_shared.store.services import ServiceRecord, get_service
 
@@ -120,7 +120,7 @@ async def _report(p: Provisioner, service: ServiceRecord, quota: QuotaState) -> 
         )
     else:
         return
-    await publish_event(p.js, event)
+    await publish_event(p.js, event, origin=Role.PROVISIONER)
 
 
 async def lifecycle_pass(p: Provisioner, service: ServiceRecord, as_of: datetime) -> list[str]:

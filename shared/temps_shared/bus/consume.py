@@ -5,7 +5,10 @@
 - `TerminalError`, or retries exhausted → the `on_terminal` callback (emits a `…Failed` event),
   then `term()`;
 - long handlers heartbeat with `in_progress()` so JetStream does not redeliver them meanwhile;
-- `stop` drains: no new fetches, in-flight handlers finish.
+- `stop` drains: no new fetches, in-flight handlers finish;
+- on the platform's consumers a message must pass `open_envelope` first (its type, subject and
+  publisher role agree): one that does not is logged and terminated, never handled, and no
+  failure is announced for it (a forger must not be able to make a worker emit events).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -23,7 +27,9 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from temps_shared.bus.codec import TYPE_HEADER
+from temps_shared.bus.envelope import ForgedMessage, open_envelope
 from temps_shared.bus.topology import ConsumerSpec
+from temps_shared.messages import Message, Role
 from temps_shared.telemetry import context_from_headers
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,20 @@ class Delivery:
     num_delivered: int
     stream_seq: int
     msg: Msg
+    # Set on the platform's consumers (`ConsumerSpec.contract`): the checked message and the
+    # role that published it.
+    message: Message | None = None
+    origin: Role | None = None
+
+
+M = TypeVar("M", bound=Message)
+
+
+def contract_message(delivery: Delivery, kind: type[M]) -> M:
+    """The delivery's checked message, which must be a `kind`."""
+    if not isinstance(delivery.message, kind):
+        raise TerminalError(f"{delivery.message_type or 'a message'} is not a {kind.__name__}")
+    return delivery.message
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -89,12 +109,23 @@ async def process(
     """Run one message through `handle` and settle it per the ack policy."""
     meta = msg.metadata
     headers = msg.headers or {}
+    message_type = headers.get(TYPE_HEADER, "")
+    message, origin = None, None
+    if spec.contract:
+        try:
+            message, origin = open_envelope(msg.subject, message_type, msg.data)
+        except ForgedMessage as exc:
+            log.warning("refused a message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
     delivery = Delivery(
-        message_type=headers.get(TYPE_HEADER, ""),
+        message_type=message_type,
         data=msg.data,
         num_delivered=meta.num_delivered,
         stream_seq=meta.sequence.stream,
         msg=msg,
+        message=message,
+        origin=origin,
     )
     last_attempt = spec.max_deliver > 0 and delivery.num_delivered >= spec.max_deliver
     with tracer.start_as_current_span(

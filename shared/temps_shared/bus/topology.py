@@ -27,6 +27,7 @@ HEALTH_STREAM = "TEMPS_HEALTH"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 30 * 24 * 3600.0
 HEALTH_MAX_AGE_S = 24 * 3600.0
+PROVISIONER_DURABLE = "provisioner"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class ConsumerSpec:
     ack_wait_s: float
     max_deliver: int
     max_ack_pending: int
+    # Its messages follow the bus contract and are checked before any handler sees them
+    # (`envelope.py`); only the delivery-rule tests use private streams without it.
+    contract: bool = True
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -54,7 +58,7 @@ class ConsumerSpec:
 def provisioner_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerSpec:
     return ConsumerSpec(
         stream=COMMANDS_STREAM,
-        durable="provisioner",
+        durable=PROVISIONER_DURABLE,
         filter_subject="temps.cmd.provisioner.>",
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from temps_shared.bus.codec import encode
-from temps_shared.messages import Command, Event, Message
+from temps_shared.messages import Message, Role
 from temps_shared.store.types import Connection
 from temps_shared.telemetry import current_trace_headers
 
@@ -23,12 +23,10 @@ class OutboxRow:
     headers: dict[str, str]
 
 
-async def enqueue(conn: Connection, message: Message) -> None:
-    """Queue `message` for the relay; call inside the transaction that makes it true."""
-    if isinstance(message, Command | Event):
-        subject = message.subject()
-    else:  # pragma: no cover - every message is one or the other
-        raise TypeError(f"cannot route {type(message).__name__}")
+async def enqueue(conn: Connection, message: Message, origin: Role = Role.API) -> None:
+    """Queue `message` for the relay (which publishes as `origin`, the gateway's role); call
+    inside the transaction that makes it true."""
+    subject = message.subject(origin)
     await conn.execute(
         "INSERT INTO outbox (msg_id, subject, message_type, payload, headers)"
         " VALUES ($1, $2, $3, $4, $5)",
