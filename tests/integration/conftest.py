@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import subprocess
 import sys
@@ -80,9 +81,12 @@ def bare_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(docker_client: docker.DockerClient) -> Iterator[str]:
+    """The control-plane database: on loopback only, with a password of this session's."""
+    password = secrets.token_hex(16)
     container = PostgresContainer(
-        "temps/postgres:15", username="temps", password="temps", dbname="temps", driver=None
+        "temps/postgres:15", username="temps", password=password, dbname="temps", driver=None
     ).with_kwargs(labels={TEST_LABEL: "control-plane"})
+    container.ports["5432"] = ("127.0.0.1", free_port())  # docker's (address, port) binding
     with container:
         yield container.get_connection_url()
 
