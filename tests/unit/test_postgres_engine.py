@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
 from pydantic import ValidationError
 from temps_shared.engines.postgres import PostgresEngine, PostgresParameters, memory_settings
+from temps_shared.engines.scram import password_clause, scram_sha256_verifier
 from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
 from temps_shared.runtime import ContainerState
 from temps_shared.store.services import ServiceRecord
@@ -107,7 +112,18 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
         "/etc/temps/tls/server.crt",
         "/etc/temps/tls/server.key",
         "/etc/temps/tls/ca.crt",
+        "/etc/temps/secrets/postgres-password",
     }
+    # The initial password travels as a file, never in env (`docker inspect` shows env).
+    assert spec.files["/etc/temps/secrets/postgres-password"] == creds["password"].encode()
+    assert spec.env["POSTGRES_PASSWORD_FILE"] == "/etc/temps/secrets/postgres-password"
+    assert "POSTGRES_PASSWORD" not in spec.env
+    assert not any(
+        secret in value
+        for value in spec.env.values()
+        for secret in creds.values()
+        if secret not in (creds["username"], creds["database"])
+    )
     # Drift is judged on what the container runs; secrets (env) do not count.
     running = ContainerState(
         id="x",
@@ -132,6 +148,10 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
     assert archiving.drift(running) == ["command"]
     assert "archive_mode=on" in archiving.command
     assert any(a.startswith("archive_command=pgbackrest") for a in archiving.command)
+    # A container an earlier release made with the password in env is recreated without it.
+    old = replace(running, env_names=frozenset({"PGDATA", "POSTGRES_PASSWORD", "PATH"}))
+    assert spec.drift(old) == ["env POSTGRES_PASSWORD"]
+    assert spec.drift(replace(running, env_names=frozenset(spec.env) | {"PATH"})) == []
 
 
 def test_replica_spec_clones_the_primary_over_verified_tls() -> None:
@@ -147,6 +167,8 @@ def test_replica_spec_clones_the_primary_over_verified_tls() -> None:
     assert spec.labels["io.temps.role"] == "replica-2"
     assert spec.ports == {5432: 21002}
     assert "POSTGRES_PASSWORD" not in spec.env
+    assert not any(creds["replication_password"] in v for v in spec.env.values())
+    assert spec.retired_env == {"POSTGRES_PASSWORD"}
     conninfo = spec.files["/etc/temps/replication/primary.conninfo"].decode()
     assert "host=temps-postgres-db1 " in conninfo
     assert "user=temps_replicator" in conninfo
@@ -176,3 +198,46 @@ def test_connection_urls_require_tls() -> None:
     assert view["connection_url"] == "postgresql://u:p@temps-postgres-app-db:5432/d?sslmode=require"
     assert view["local_connection_url"] == "postgresql://u:p@127.0.0.1:21005/d?sslmode=require"
     assert view["ca_certificate"] == "CA"
+
+
+# RFC 7677 §3: user "user", password "pencil", and the exchange a server holding its verifier
+# must accept (client proof) and answer (server signature).
+_RFC7677_SALT = "W22ZaJ0SNY7soEsUEjb6gQ=="
+_RFC7677_AUTH_MESSAGE = (
+    "n=user,r=rOprNGfwEbeRWgbNEkqO,"
+    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+    "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+)
+_RFC7677_PROOF = "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+_RFC7677_SERVER_SIGNATURE = "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+def test_scram_verifier_matches_the_rfc7677_exchange() -> None:
+    verifier = scram_sha256_verifier("pencil", salt=base64.b64decode(_RFC7677_SALT))
+    method, rest = verifier.split("$", 1)
+    params, keys = rest.split("$")
+    assert method == "SCRAM-SHA-256"
+    assert params == f"4096:{_RFC7677_SALT}"
+    stored_key, server_key = (base64.b64decode(k) for k in keys.split(":"))
+    message = _RFC7677_AUTH_MESSAGE.encode()
+    # The server's check of the client's proof: ClientKey = proof XOR HMAC(StoredKey, msg).
+    signature = hmac.new(stored_key, message, hashlib.sha256).digest()
+    client_key = bytes(
+        a ^ b for a, b in zip(base64.b64decode(_RFC7677_PROOF), signature, strict=True)
+    )
+    assert hashlib.sha256(client_key).digest() == stored_key
+    assert hmac.new(server_key, message, hashlib.sha256).digest() == base64.b64decode(
+        _RFC7677_SERVER_SIGNATURE
+    )
+
+
+def test_scram_verifiers_are_salted_and_never_hold_the_password() -> None:
+    one, two = scram_sha256_verifier("S3cretPassw0rd"), scram_sha256_verifier("S3cretPassw0rd")
+    assert one != two  # a fresh 16-byte salt each time
+    assert len(base64.b64decode(one.split("$")[1].split(":")[1])) == 16
+    clause = password_clause("S3cretPassw0rd")
+    assert clause.startswith("PASSWORD 'SCRAM-SHA-256$4096:")
+    assert "S3cretPassw0rd" not in clause
+    for bad in ("", "with space", "tab\there", "é"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            scram_sha256_verifier(bad)

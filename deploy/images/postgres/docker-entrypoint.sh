@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of temps/postgres:<major>. Contract (as the official `postgres` image):
 #   POSTGRES_PASSWORD          superuser password (required unless POSTGRES_HOST_AUTH_METHOD=trust)
+#   POSTGRES_PASSWORD_FILE     a file holding it instead (not both); any owner/mode when the
+#                              container starts as root (the file may be root-only, 0600)
 #   POSTGRES_USER              superuser name (default postgres)
 #   POSTGRES_DB                database created at init (default = POSTGRES_USER)
 #   PGDATA                     data directory (default /var/lib/postgresql/data)
@@ -18,7 +20,9 @@
 # Temps replica contract: when /etc/temps/replication/primary.conninfo and .../slot exist and
 # PGDATA is empty, the data directory is cloned from the primary with pg_basebackup (streaming
 # WAL, that physical slot, standby settings written by -R) instead of initdb; retried for a while
-# since the primary may still be creating the slot.
+# since the primary may still be creating the slot. The password in the conninfo reaches
+# pg_basebackup in its environment (readable by postgres and root only), never on its command
+# line (which every local user can read in the process list).
 set -Eeuo pipefail
 
 : "${PGDATA:=/var/lib/postgresql/data}"
@@ -31,6 +35,19 @@ TLS_SRC=/etc/temps/tls
 TLS_DIR=/run/temps-tls
 REPL_SRC=/etc/temps/replication
 REPL_DIR=/run/temps-replication
+SECRETS_DIR=/run/temps-secrets
+
+# POSTGRES_PASSWORD_FILE, as the official image's file_env: the file's content, not both.
+file_env_password() {
+  if [[ -n ${POSTGRES_PASSWORD:-} && -n ${POSTGRES_PASSWORD_FILE:-} ]]; then
+    log "ERROR: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set (they are exclusive)"
+    exit 1
+  fi
+  if [[ -n ${POSTGRES_PASSWORD_FILE:-} ]]; then
+    POSTGRES_PASSWORD="$(<"$POSTGRES_PASSWORD_FILE")"
+    export POSTGRES_PASSWORD
+  fi
+}
 
 log() { printf '%s [entrypoint] %s\n' "$(date -u +'%Y-%m-%d %H:%M:%S UTC')" "$*" >&2; }
 
@@ -73,12 +90,16 @@ setup_replication() {
 }
 
 clone_from_primary() {
-  local conninfo slot attempt
-  conninfo="$(cat "$REPL_DIR/primary.conninfo")"
+  local slot attempt word conninfo="" password=""
   slot="$(cat "$REPL_DIR/slot")"
+  # keyword=value words without spaces (written by the engine): the password goes apart.
+  for word in $(cat "$REPL_DIR/primary.conninfo"); do
+    if [[ $word == password=* ]]; then password=${word#password=}; else conninfo+="$word "; fi
+  done
   for attempt in $(seq 1 "${TEMPS_BASEBACKUP_ATTEMPTS:-60}"); do
     log "cloning the primary with pg_basebackup (slot $slot, attempt $attempt)"
-    if pg_basebackup -d "$conninfo" -D "$PGDATA" -S "$slot" -X stream -R --no-password; then
+    if PGPASSWORD=$password pg_basebackup -d "$conninfo" -D "$PGDATA" -S "$slot" -X stream -R \
+      --no-password; then
       log "clone complete; starting as a standby"
       return 0
     fi
@@ -160,6 +181,13 @@ if [[ $(id -u) == 0 ]]; then
     rm -rf "$TLS_DIR"
   fi
   if replica_requested; then setup_replication; fi
+  # A root-only password file: handed to postgres as a copy of its own, removed after init.
+  if [[ -n ${POSTGRES_PASSWORD_FILE:-} && ! -s $PGDATA/PG_VERSION ]]; then
+    rm -rf "$SECRETS_DIR"
+    install -d -m 0700 -o postgres -g postgres "$SECRETS_DIR"
+    install -m 0600 -o postgres -g postgres "$POSTGRES_PASSWORD_FILE" "$SECRETS_DIR/postgres-password"
+    export POSTGRES_PASSWORD_FILE=$SECRETS_DIR/postgres-password
+  fi
   # HOME of postgres: libpq looks for client certificates under ~/.postgresql.
   export HOME=/var/lib/postgresql
   exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
@@ -167,8 +195,12 @@ fi
 
 # From here on: the postgres user.
 if [[ ! -s $PGDATA/PG_VERSION ]]; then
-  if [[ -d $REPL_DIR ]]; then clone_from_primary; else init_cluster; fi
+  if [[ -d $REPL_DIR ]]; then clone_from_primary; else
+    file_env_password
+    init_cluster
+  fi
 fi
+rm -rf "$SECRETS_DIR" 2>/dev/null || true
 
 tls_on=0
 if [[ ${TEMPS_TLS_READY:-} == 1 ]]; then
@@ -188,7 +220,7 @@ if [[ $tls_on == 1 ]]; then
     -c "hba_file=$TLS_DIR/pg_hba.conf"
   )
 fi
-unset TEMPS_TLS_READY POSTGRES_PASSWORD
+unset TEMPS_TLS_READY POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE
 
 shift # "postgres"
 exec postgres -c "listen_addresses=*" "${server_args[@]}" "$@"

@@ -14,7 +14,8 @@ from temps_shared.crypto import generate_password
 from temps_shared.engines import postgres_links as links
 from temps_shared.engines import postgres_replication as replication
 from temps_shared.engines.base import Endpoints, ServiceNotReadyError
-from temps_shared.engines.postgres_monitoring import ensure_monitor_role
+from temps_shared.engines.postgres_monitoring import ensure_monitor_role, forget_plaintext_passwords
+from temps_shared.engines.scram import password_clause
 from temps_shared.engines.sizes import parse_size_gb, parse_size_mb
 from temps_shared.ids import (
     LABEL_MANAGED,
@@ -34,6 +35,9 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 PGDATA = f"{DATA_MOUNT}/pgdata"  # a subdirectory: the volume root may hold other files
 TLS_DIR = "/etc/temps/tls"
 REPLICATION_DIR = "/etc/temps/replication"
+PASSWORD_FILE = "/etc/temps/secrets/postgres-password"  # POSTGRES_PASSWORD_FILE (initdb only)
+# Secrets earlier releases passed in env: a container still carrying one is recreated.
+RETIRED_ENV = frozenset({"POSTGRES_PASSWORD"})
 # Its presence on the volume is what "WAL archiving intended" means (the backup work writes it).
 ARCHIVE_CONFIG = f"{DATA_MOUNT}/temps/pgbackrest.conf"
 MAX_CONNECTIONS = 100
@@ -178,6 +182,7 @@ class PostgresEngine:
             ports={PORT: local_port},
             env={"PGDATA": PGDATA, **env},
             files=files,
+            retired_env=RETIRED_ENV,
         )
 
     @staticmethod
@@ -208,10 +213,12 @@ class PostgresEngine:
             local_ports[PORT_NAME],
             {
                 "POSTGRES_USER": credentials["username"],
-                "POSTGRES_PASSWORD": credentials["password"],
+                "POSTGRES_PASSWORD_FILE": PASSWORD_FILE,
                 "POSTGRES_DB": credentials["database"],
             },
-            self._tls_files(certificate),
+            # The initial password as a file (archive API), never in env: `docker inspect`
+            # shows a container's environment to anyone who may talk to Docker.
+            {**self._tls_files(certificate), PASSWORD_FILE: credentials["password"].encode()},
             image,
         )
 
@@ -303,16 +310,41 @@ class PostgresEngine:
         credentials: dict[str, str],
         ca_pem: str,
     ) -> None:
-        """The replication role, exactly one physical slot per wanted replica, and the health
-        monitor's read-only role (services created before it have no password for it)."""
+        """The replication role, exactly one physical slot per wanted replica, the health
+        monitor's read-only role (services created before it have no password for it), and the
+        tenant defaults (`postgres_links`): closed databases, schema `public` for its database's
+        owner only, no plaintext password left in pg_stat_statements. On every reconcile, so an
+        existing service is repaired by the next one."""
         conn = await connect(endpoints[PORT_NAME], credentials, ca_pem)
         try:
             await replication.ensure_role(conn, credentials["replication_password"])
             await replication.ensure_slots(conn, self.replica_count(service))
             if "monitor_password" in credentials:
                 await ensure_monitor_role(conn, credentials["monitor_password"])
+            await links.close_public_doors(conn, credentials["database"])
+            databases = await links.connectable_databases(conn)
+            await forget_plaintext_passwords(conn)
         finally:
             await conn.close(timeout=5)
+        await self._lock_public_schemas(endpoints, credentials, ca_pem, databases)
+
+    async def _lock_public_schemas(
+        self,
+        endpoints: Endpoints,
+        credentials: dict[str, str],
+        ca_pem: str,
+        databases: list[str],
+    ) -> None:
+        """`links.lock_public_schema` in each of `databases` (template1 first: what it holds
+        is copied into every database created afterwards)."""
+        for database in sorted(databases, key=lambda d: d != "template1"):
+            conn = await connect(
+                endpoints[PORT_NAME], {**credentials, "database": database}, ca_pem
+            )
+            try:
+                await links.lock_public_schema(conn)
+            finally:
+                await conn.close(timeout=5)
 
     async def replication_status(
         self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
@@ -360,6 +392,10 @@ class PostgresEngine:
                 await links.apply_grant(conn, grant)
         finally:
             await conn.close(timeout=5)
+        # A new link database is a copy of template1: its `public` goes to the link's role.
+        await self._lock_public_schemas(
+            endpoints, credentials, ca_pem, [g.resource for g in grants if g.active]
+        )
 
     async def rotate_admin(
         self,
@@ -374,9 +410,9 @@ class PostgresEngine:
         except ServiceNotReadyError:
             return  # the previous password no longer works: rotated on an earlier delivery
         try:
-            assert credentials["password"].isalnum()  # role DDL takes no bind parameters
+            # A SCRAM verifier, not the password: pg_stat_statements and logs keep the text.
             await conn.execute(
-                f"ALTER ROLE \"{credentials['username']}\" PASSWORD '{credentials['password']}'"
+                f'ALTER ROLE "{credentials["username"]}" {password_clause(credentials["password"])}'
             )
         finally:
             await conn.close(timeout=5)

@@ -7,6 +7,8 @@ from typing import Any
 
 import asyncpg
 
+from temps_shared.engines.scram import password_clause
+
 REPLICATION_ROLE = "temps_replicator"
 SLOT_PREFIX = "temps_replica_"
 
@@ -17,6 +19,7 @@ def slot_name(index: int) -> str:
 
 def primary_conninfo(host: str, password: str, *, application_name: str, ca_file: str) -> str:
     # The password is alphanumeric (generate_password), so no quoting is needed.
+    assert password.isalnum()
     return (
         f"host={host} port=5432 user={REPLICATION_ROLE} password={password} "
         f"sslmode=verify-full sslrootcert={ca_file} application_name={application_name}"
@@ -27,10 +30,9 @@ async def ensure_role(conn: asyncpg.Connection, password: str) -> None:
     """A login role with REPLICATION only (no superuser), its password kept current."""
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", REPLICATION_ROLE)
     verb = "ALTER" if exists else "CREATE"
-    # Role DDL takes no bind parameters; the password is alphanumeric (generate_password).
-    assert password.isalnum()
+    # Sent as a SCRAM verifier: no statistics view or log ever holds the password.
     await conn.execute(
-        f"{verb} ROLE {REPLICATION_ROLE} WITH LOGIN REPLICATION PASSWORD '{password}'"
+        f"{verb} ROLE {REPLICATION_ROLE} WITH LOGIN REPLICATION {password_clause(password)}"
     )
 
 

@@ -52,6 +52,9 @@ class ContainerSpec:
     files: dict[str, bytes] = field(default_factory=dict)  # absolute path → content (mode 0600)
     pids_limit: int = 512
     limits: DockerLimits = field(default_factory=DockerLimits)  # caps; changed live, see below
+    # Variables a container must not carry (a secret an earlier release passed in env): one
+    # present is drift, so the next reconcile recreates the container without it.
+    retired_env: frozenset[str] = frozenset()
 
     def drift(self, actual: ContainerState) -> list[str]:
         """What differs between this spec and the container as it is (empty: nothing).
@@ -73,6 +76,8 @@ class ContainerSpec:
             differences.append(f"volume at {self.mount_path}")
         if actual.limits.lifts(self.limits):
             differences.append("resource caps lifted")
+        if actual.env_names & self.retired_env:
+            differences.append(f"env {', '.join(sorted(actual.env_names & self.retired_env))}")
         return differences
 
 
@@ -97,6 +102,7 @@ class ContainerState:
     restart_count: int = 0
     oom_killed: bool = False
     started_at: str | None = None
+    env_names: frozenset[str] = frozenset()  # names only: values may be secrets
 
     @property
     def running(self) -> bool:
@@ -125,6 +131,7 @@ def _state(container: Container) -> ContainerState:
             if m.get("Type") == "volume"
         },
         limits=container_limits.live_limits(attrs),
+        env_names=frozenset(e.split("=", 1)[0] for e in config.get("Env") or []),
         restart_count=int(attrs.get("RestartCount", 0)),
         oom_killed=bool(state.get("OOMKilled", False)),
         started_at=state.get("StartedAt")
