@@ -1,7 +1,15 @@
-"""The audit trail: who did what to which target, from where."""
+"""The audit trail: who did what to which target, from where.
+
+"From where" is the peer address uvicorn gives the request. Forwarded headers are believed only
+from the reverse proxies named in `TEMPS_API_TRUSTED_PROXIES` (uvicorn then takes the rightmost
+address not in that list); without it a client cannot choose the address recorded. Behind
+Docker's userland proxy (a published port) the peer is the bridge gateway: the API container
+needs host networking, bound to 127.0.0.1, to see local clients as 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from fastapi import Request
@@ -27,3 +35,20 @@ async def record_audit(
         request.client.host if request.client else None,
         details or {},
     )
+
+
+def trusted_proxies(setting: str) -> list[str]:
+    """`TEMPS_API_TRUSTED_PROXIES` parsed: each entry an address or a CIDR (ValueError else)."""
+    entries = [item.strip() for item in setting.split(",") if item.strip()]
+    for entry in entries:
+        ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the bad entry
+    return entries
+
+
+def uvicorn_proxy_options(setting: str) -> dict[str, Any]:
+    """uvicorn's forwarded-header options: off unless trusted proxies are configured (uvicorn's
+    own default believes X-Forwarded-For from 127.0.0.1, i.e. from any local user)."""
+    trusted = trusted_proxies(setting)
+    if not trusted:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -34,6 +36,7 @@ class Principal:
     token_id: UUID
     name: str
     permissions: frozenset[str]
+    expires_at: datetime | None = None
 
     def can(self, permission: str) -> bool:
         return ADMIN in self.permissions or permission in self.permissions
@@ -48,25 +51,61 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class TokenExpired(Exception):
+    """The token exists but its expiry has passed."""
+
+    def __init__(self, expires_at: datetime) -> None:
+        super().__init__(f"the API token expired at {expires_at.isoformat()}")
+        self.expires_at = expires_at
+
+
 async def find_principal(pool: asyncpg.Pool, token: str) -> Principal | None:
+    """The token's principal, None when unknown or revoked; raises TokenExpired once expired.
+
+    One statement: `last_used_at` moves only for a token that is still valid (the database's
+    clock decides expiry, the same clock every replica and the SSE watch use).
+    """
     row = await pool.fetchrow(
-        "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1"
-        " RETURNING id, name, permissions",
+        "UPDATE api_tokens SET last_used_at = CASE WHEN expires_at IS NULL OR expires_at > now()"
+        " THEN now() ELSE last_used_at END WHERE token_hash = $1"
+        " RETURNING id, name, permissions, expires_at,"
+        " expires_at IS NOT NULL AND expires_at <= now() AS expired",
         hash_token(token),
     )
     if row is None:
         return None
-    return Principal(row["id"], row["name"], frozenset(row["permissions"]))
+    if row["expired"]:
+        raise TokenExpired(row["expires_at"])
+    return Principal(row["id"], row["name"], frozenset(row["permissions"]), row["expires_at"])
 
 
-async def create_token(conn: Executor, name: str, permissions: list[str]) -> tuple[UUID, str]:
+TOKEN_VALID, TOKEN_EXPIRED, TOKEN_REVOKED = "valid", "expired", "revoked"
+
+
+async def token_states(conn: Executor, token_ids: Iterable[UUID]) -> dict[UUID, str]:
+    """Each of `token_ids` → valid, expired or revoked (gone): one indexed query for them all."""
+    ids = list(token_ids)
+    rows = await conn.fetch(
+        "SELECT id, expires_at IS NOT NULL AND expires_at <= now() AS expired"
+        " FROM api_tokens WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    found = {r["id"]: TOKEN_EXPIRED if r["expired"] else TOKEN_VALID for r in rows}
+    return {token_id: found.get(token_id, TOKEN_REVOKED) for token_id in ids}
+
+
+async def create_token(
+    conn: Executor, name: str, permissions: list[str], expires_at: datetime | None = None
+) -> tuple[UUID, str]:
     token, token_id = new_token(), uuid4()
     await conn.execute(
-        "INSERT INTO api_tokens (id, name, token_hash, permissions) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_tokens (id, name, token_hash, permissions, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5)",
         token_id,
         name,
         hash_token(token),
         permissions,
+        expires_at,
     )
     return token_id, token
 

@@ -18,6 +18,7 @@ from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
 from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
 
+from temps_api.audit import uvicorn_proxy_options
 from temps_api.auth import ensure_admin_token
 from temps_api.errors import install_error_handlers
 from temps_api.outbox_relay import run_relay
@@ -130,6 +131,8 @@ def run() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For only from TEMPS_API_TRUSTED_PROXIES (uvicorn alone trusts 127.0.0.1).
+        **uvicorn_proxy_options(settings.api_trusted_proxies),
     )
 
 

@@ -55,6 +55,17 @@ class TokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     permissions: list[str] = Field(min_length=1, description=f"Any of: {', '.join(PERMISSIONS)}")
+    expires_at: datetime | None = Field(
+        None,
+        description="When the token stops working: an RFC 3339 timestamp with its offset, in the"
+        " future. Give this or `expires_in_s`, not both; neither: the token never expires.",
+    )
+    expires_in_s: int | None = Field(
+        None,
+        ge=1,
+        le=10 * 366 * 86400,
+        description="Seconds from now (server clock) until the token stops working.",
+    )
 
 
 class TokenPublic(BaseModel):
@@ -63,6 +74,7 @@ class TokenPublic(BaseModel):
     permissions: list[str]
     created_at: datetime
     last_used_at: datetime | None
+    expires_at: datetime | None = Field(description="null: the token never expires.")
 
 
 class TokenCreated(TokenPublic):

@@ -9,6 +9,12 @@ from temps_shared.settings import TempsSettings
 class ApiSettings(TempsSettings):
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
     api_port: int = Field(8080, description="Port the HTTP API binds.")
+    api_trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDRs of reverse proxies whose"
+        " X-Forwarded-For is believed (for the audit log's client address). Empty: none; the"
+        " peer address is recorded and forwarded headers are ignored.",
+    )
     outbox_relay_enabled: bool = Field(
         True, description="Relay the outbox to JetStream from this replica (off only in tests)."
     )

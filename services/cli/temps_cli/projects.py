@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Annotated, Any
 
@@ -72,6 +73,41 @@ def add_env(
         print_json(answer)
     else:
         note(f"environment {environment} added to {project}")
+
+
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")]
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError("deleting needs --yes when not on a terminal", ExitCode.INPUT)
+    typer.confirm(question, abort=True)
+
+
+@app.command("delete")
+def delete(project: ProjectRef, yes: YesFlag = False) -> None:
+    """Delete a project and its environments (refused while a service is linked)."""
+    client = api()
+    found = resolve.project(client, project)
+    _confirm(f"Delete project {found['name']} and its environments?", yes)
+    client.delete(f"/api/projects/{found['id']}")
+    note(f"project {found['name']} deleted")
+
+
+@app.command("delete-env")
+def delete_env(
+    project: ProjectRef,
+    environment: Annotated[str, typer.Argument(help="The environment to delete.")],
+    yes: YesFlag = False,
+) -> None:
+    """Delete one environment of a project (refused while a service is linked to it)."""
+    client = api()
+    found = resolve.project(client, project)
+    _confirm(f"Delete environment {environment} of project {found['name']}?", yes)
+    client.delete(f"/api/projects/{found['id']}/environments/{environment}")
+    note(f"environment {environment} of {found['name']} deleted")
 
 
 def _links(client: TempsClient, service_id: str) -> list[dict[str, Any]]:

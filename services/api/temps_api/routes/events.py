@@ -1,4 +1,5 @@
-"""/api/events: every bus event as Server-Sent Events; `Last-Event-ID` resumes."""
+"""/api/events: every bus event as Server-Sent Events; `Last-Event-ID` resumes. A stream ends
+(with a `stream_ended` event) within about a second of its token being revoked or expiring."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from temps_shared.bus.codec import TYPE_HEADER
 from temps_shared.bus.topology import EVENTS_STREAM
 
 from temps_api.auth import EXTERNAL_SERVICES_READ, Principal
-from temps_api.deps import State, require
+from temps_api.deps import State, described, require
 from temps_api.errors import ApiError
+from temps_api.token_watch import token_watch
 
 router = APIRouter(prefix="/api", tags=["events"])
 KEEPALIVE_S = 15.0
@@ -38,11 +40,27 @@ def format_sse(msg: Msg) -> str:
     return f"id: {msg.metadata.sequence.stream}\nevent: {event_type}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/events")
+def stream_ended(reason: str) -> str:
+    """The last frame of a stream whose token ended (no `id:`: Last-Event-ID stays put)."""
+    return f"event: stream_ended\ndata: {json.dumps({'reason': reason})}\n\n"
+
+
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events; a `stream_ended` event (`{reason: token_revoked"
+            " | token_expired}`) is the last one when the token stops being valid",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **described(422, "A Last-Event-ID or service_id that is not one"),
+    },
+)
 async def events(
     request: Request,
     state: State,
-    _: Annotated[Principal, Depends(require(EXTERNAL_SERVICES_READ))],
+    principal: Annotated[Principal, Depends(require(EXTERNAL_SERVICES_READ))],
     service_id: UUID | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
@@ -56,7 +74,7 @@ async def events(
         if last_event_id is not None
         else ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
     )
-    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1000)
+    queue: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize=1000)  # None: the token ended
 
     async def on_message(msg: Msg) -> None:
         await queue.put(msg)
@@ -65,16 +83,26 @@ async def events(
         subject, stream=EVENTS_STREAM, cb=on_message, ordered_consumer=True, config=config
     )
 
+    ended: list[str] = []
+
+    def on_token_end(reason: str) -> None:
+        ended.append(reason)
+        with contextlib.suppress(asyncio.QueueFull):  # full: the loop wakes anyway
+            queue.put_nowait(None)
+
     async def stream() -> AsyncIterator[str]:
         try:
-            yield ": connected\n\n"
-            while not await request.is_disconnected():
-                try:
-                    msg = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
-                except TimeoutError:
-                    yield ": keepalive\n\n"
-                    continue
-                yield format_sse(msg)
+            with token_watch(request, state.pool).watching(principal.token_id, on_token_end):
+                yield ": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                    except TimeoutError:
+                        msg = None
+                    if ended:
+                        yield stream_ended(ended[0])
+                        return
+                    yield ": keepalive\n\n" if msg is None else format_sse(msg)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

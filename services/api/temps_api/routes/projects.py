@@ -1,7 +1,9 @@
-"""/api/projects: projects, their environments, and the variables their links inject."""
+"""/api/projects: projects, their environments, and the variables their links inject. A project
+or an environment is deleted only while nothing is linked to it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
@@ -16,7 +18,7 @@ from temps_shared.store.types import Executor
 
 from temps_api.audit import record_audit
 from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECRETS_READ, Principal
-from temps_api.deps import State, authenticate, require
+from temps_api.deps import State, authenticate, described, require
 from temps_api.errors import ApiError, not_found
 from temps_api.service_views import get_public
 
@@ -36,6 +38,28 @@ class EnvironmentCreate(ProjectCreate):
     pass
 
 
+class ProjectPublic(BaseModel):
+    id: UUID
+    name: str
+    environments: list[str] = Field(description="Its environments, oldest first.")
+    created_at: datetime
+
+
+class LinkedService(BaseModel):
+    service_id: UUID
+    service_type: str
+    status: str = Field(description="pending, active, revoking, revoked or failed")
+
+
+class EnvironmentVariables(BaseModel):
+    variables: dict[str, str]
+    links: list[LinkedService]
+
+
+_NO_PROJECT = "Unknown project"
+_NO_ENVIRONMENT = "Unknown project or environment"
+
+
 async def _project(conn: Executor, project_id: UUID) -> dict[str, Any]:
     row = await conn.fetchrow("SELECT id, name, created_at FROM projects WHERE id = $1", project_id)
     if row is None:
@@ -52,7 +76,12 @@ async def _project(conn: Executor, project_id: UUID) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProjectPublic,
+    responses=described(409, "A project of that name exists"),
+)
 async def create_project(
     body: ProjectCreate, request: Request, state: State, principal: Writer
 ) -> dict[str, Any]:
@@ -79,18 +108,24 @@ async def create_project(
         return await _project(conn, project_id)
 
 
-@router.get("")
+@router.get("", response_model=list[ProjectPublic])
 async def list_projects(state: State, _: Reader) -> list[dict[str, Any]]:
     ids = await state.pool.fetch("SELECT id FROM projects ORDER BY created_at")
     return [await _project(state.pool, r["id"]) for r in ids]
 
 
-@router.get("/{project_id}")
+@router.get("/{project_id}", response_model=ProjectPublic, responses=described(404, _NO_PROJECT))
 async def get_project(project_id: UUID, state: State, _: Reader) -> dict[str, Any]:
     return await _project(state.pool, project_id)
 
 
-@router.post("/{project_id}/environments", status_code=201)
+@router.post(
+    "/{project_id}/environments",
+    status_code=201,
+    response_model=ProjectPublic,
+    responses=described(404, _NO_PROJECT)
+    | described(409, "The project has an environment of that name"),
+)
 async def create_environment(
     project_id: UUID, body: EnvironmentCreate, request: Request, state: State, principal: Writer
 ) -> dict[str, Any]:
@@ -121,15 +156,141 @@ async def create_environment(
 
 
 async def environment_exists(conn: Executor, project_id: UUID, environment: str) -> None:
-    """404 for an unknown project or environment."""
-    project = await _project(conn, project_id)
-    if environment not in project["environments"]:
-        raise ApiError(
-            404, "not_found", f"project {project['name']!r} has no environment {environment!r}"
+    """404 for an unknown project or environment.
+
+    In a transaction it also holds both rows (FOR SHARE) until the commit: a link created in
+    that transaction and a concurrent delete of the project or environment are serialised (the
+    delete waits, then sees the link; or the link waits, then sees no project).
+    """
+    name = await conn.fetchval("SELECT name FROM projects WHERE id = $1 FOR SHARE", project_id)
+    if name is None:
+        raise not_found("project", project_id)
+    if not await conn.fetchval(
+        "SELECT true FROM project_environments WHERE project_id = $1 AND name = $2 FOR SHARE",
+        project_id,
+        environment,
+    ):
+        raise ApiError(404, "not_found", f"project {name!r} has no environment {environment!r}")
+
+
+async def _active_links(
+    conn: Executor, project_id: UUID, environment: str | None = None
+) -> list[dict[str, Any]]:
+    """The links that keep a project (or one of its environments) from being deleted."""
+    rows = await conn.fetch(
+        "SELECT l.id, l.service_id, l.service_type, l.environment, s.name AS service_name"
+        " FROM service_links l JOIN services s ON s.id = l.service_id"
+        " WHERE l.project_id = $1 AND ($2::text IS NULL OR l.environment = $2)"
+        " AND l.desired_state = 'active' ORDER BY l.created_at",
+        project_id,
+        environment,
+    )
+    return [
+        {
+            "link_id": str(r["id"]),
+            "service_id": str(r["service_id"]),
+            "service_name": r["service_name"],
+            "service_type": r["service_type"],
+            "environment": r["environment"],
+        }
+        for r in rows
+    ]
+
+
+def _still_linked(what: str, links: list[dict[str, Any]]) -> ApiError:
+    named = ", ".join(
+        f"{x['service_type']} service {x['service_name']!r} ({x['service_id']})"
+        f" in {x['environment']}"
+        for x in links
+    )
+    return ApiError(
+        409,
+        "still_linked",
+        f"{what} is linked to {named}; unlink first"
+        " (DELETE /api/external-services/{service_id}/projects/{project_id}?environment=…)",
+        {"links": links},
+    )
+
+
+@router.delete(
+    "/{project_id}",
+    status_code=204,
+    response_class=Response,
+    responses=described(404, _NO_PROJECT)
+    | described(409, "A service is linked to the project (`details.links` names each link)"),
+)
+async def delete_project(
+    project_id: UUID, request: Request, state: State, principal: Writer
+) -> Response:
+    """Delete a project and its environments; refused (409) while any service is linked."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        # The lock first: a link being created now commits before we look (or fails after).
+        name = await conn.fetchval("SELECT name FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        if name is None:
+            raise not_found("project", project_id)
+        links = await _active_links(conn, project_id)
+        if links:
+            raise _still_linked(f"project {name!r}", links)
+        environments = await conn.fetch(
+            "DELETE FROM project_environments WHERE project_id = $1 RETURNING name", project_id
         )
+        await conn.execute("DELETE FROM projects WHERE id = $1", project_id)
+        await record_audit(
+            conn,
+            principal,
+            "project.deleted",
+            str(project_id),
+            request,
+            {"name": name, "environments": sorted(e["name"] for e in environments)},
+        )
+    return Response(status_code=204)
 
 
-@router.get("/{project_id}/environments/{environment}/variables")
+@router.delete(
+    "/{project_id}/environments/{environment}",
+    status_code=204,
+    response_class=Response,
+    responses=described(404, _NO_ENVIRONMENT)
+    | described(409, "A service is linked to the environment (`details.links` names each link)"),
+)
+async def delete_environment(
+    project_id: UUID, environment: str, request: Request, state: State, principal: Writer
+) -> Response:
+    """Delete one environment of a project; refused (409) while any service is linked to it."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        name = await conn.fetchval("SELECT name FROM projects WHERE id = $1", project_id)
+        if name is None:
+            raise not_found("project", project_id)
+        if not await conn.fetchval(
+            "SELECT true FROM project_environments WHERE project_id = $1 AND name = $2 FOR UPDATE",
+            project_id,
+            environment,
+        ):
+            raise ApiError(404, "not_found", f"project {name!r} has no environment {environment!r}")
+        links = await _active_links(conn, project_id, environment)
+        if links:
+            raise _still_linked(f"environment {environment!r} of project {name!r}", links)
+        await conn.execute(
+            "DELETE FROM project_environments WHERE project_id = $1 AND name = $2",
+            project_id,
+            environment,
+        )
+        await record_audit(
+            conn,
+            principal,
+            "project.environment_deleted",
+            str(project_id),
+            request,
+            {"environment": environment},
+        )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{project_id}/environments/{environment}/variables",
+    response_model=EnvironmentVariables,
+    responses=described(404, _NO_ENVIRONMENT),
+)
 async def variables(
     project_id: UUID,
     environment: str,
