@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MIB = 1024 * 1024
 NANO = 1_000_000_000
 MIN_MEMORY_MB = 6  # Docker refuses less ("Minimum memory limit allowed is 6MB")
+MIN_CPUS = 0.01  # Docker refuses less ("Range of CPUs is from 0.01 to <host cores>")
+# Upper bounds that keep Docker's byte and nano-CPU counts within 64 bits; the host's own
+# cores and memory (asked of its agent) bound them further when caps are set.
+MAX_MEMORY_MB = 2**40
+MAX_CPUS = 4096.0
 
 
 class ResourceLimits(BaseModel):
@@ -18,12 +23,26 @@ class ResourceLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     memory_mb: int | None = Field(
-        None, ge=MIN_MEMORY_MB, description="Hard memory cap in MiB; null for none."
+        None,
+        ge=MIN_MEMORY_MB,
+        le=MAX_MEMORY_MB,
+        description="Hard memory cap in MiB (at least 6, at most the host's memory); null for"
+        " none.",
     )
     swap_mb: int | None = Field(
-        None, ge=0, description="Swap in MiB beyond the memory cap; null or 0 for none."
+        None,
+        ge=0,
+        le=MAX_MEMORY_MB,
+        description="Swap in MiB beyond the memory cap (at most the host's memory); null or 0"
+        " for none.",
     )
-    cpus: float | None = Field(None, gt=0, description="CPU cap in cores; null for none.")
+    cpus: float | None = Field(
+        None,
+        ge=MIN_CPUS,
+        le=MAX_CPUS,
+        allow_inf_nan=False,
+        description="CPU cap in cores (0.01 up to the host's cores); null for none.",
+    )
 
     @model_validator(mode="after")
     def _swap_needs_memory(self) -> ResourceLimits:

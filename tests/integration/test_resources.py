@@ -148,20 +148,32 @@ async def test_cpu_percent_reflects_real_load(
         conn.terminate()
 
 
-async def test_a_cap_below_usage_fails_and_shows_drift(
+async def test_a_cap_docker_refuses_on_every_member_is_not_kept(
     api: httpx.AsyncClient, capped: dict[str, Any]
 ) -> None:
     sid = capped["id"]
-    response = await _patch(api, sid, {"memory_mb": 6, "cpus": 0.5})
-    assert response.status_code == 200
-    primary = response.json()["applied"][0]
-    assert primary["outcome"] == "failed"
-    assert primary["error"]
+    before = (await api.get(f"/api/external-services/{sid}")).json()
+    response = await _patch(api, sid, {"memory_mb": 6, "cpus": 0.5})  # below what they use
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "caps_refused"
+    assert {a["outcome"] for a in error["details"]["applied"]} == {"failed"}
+    assert all(a["error"] for a in error["details"]["applied"])
+    # The previous caps are stored again, under a newer generation the reconcile converges to.
+    after = await _converged(api, sid)
+    assert (
+        after["resources"]
+        == before["resources"]
+        == {
+            "memory_mb": 512,
+            "swap_mb": 128,
+            "cpus": 0.5,
+        }
+    )
+    assert after["generation"] == before["generation"] + 2
     members = (await api.get(f"/api/external-services/{sid}/runtime")).json()["members"]
-    assert members[0]["drift"]["memory_mb"] == {"configured": 6, "live": 512}
-    # Back to a sane cap for what follows.
-    response = await _patch(api, sid, {"memory_mb": 512, "swap_mb": 128, "cpus": 0.5})
-    assert {a["outcome"] for a in response.json()["applied"]} == {"applied"}
+    assert [m["drift"] for m in members] == [None, None]
+    assert [m["status"] for m in members] == ["running", "running"]
 
 
 async def test_caps_survive_stop_start_and_a_recreate(

@@ -20,9 +20,10 @@ from temps_shared.telemetry import context_from_headers, setup_logging, setup_tr
 
 from temps_api.audit import uvicorn_proxy_options
 from temps_api.auth import ensure_admin_token
-from temps_api.errors import install_error_handlers
+from temps_api.errors import document_errors, install_error_handlers
 from temps_api.outbox_relay import run_relay
 from temps_api.projector import run_health_projector, run_projector
+from temps_api.request_guard import RequestGuard
 from temps_api.routes import (
     audit_log,
     events,
@@ -117,7 +118,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         audit_log,
         events,
     ):
+        document_errors(app, module.router)  # before including: FastAPI may copy the routes
         app.include_router(module.router)
+    # Outermost: an oversized or non-JSON body is refused before anything reads it.
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 from temps_shared.ids import NAME_PATTERN
+from temps_shared.messages import ServiceStatus
+from temps_shared.resources import ResourceLimits
 
 from temps_api.auth import PERMISSIONS
 
@@ -19,7 +21,9 @@ class ServiceCreate(BaseModel):
         pattern=NAME_PATTERN,
         description="Lowercase letters, digits and '-', starting with a letter, 2-38 characters.",
     )
-    service_type: str = Field(description="postgres | redis | s3")
+    service_type: str = Field(
+        description="postgres | redis | s3", json_schema_extra={"enum": ["postgres", "redis", "s3"]}
+    )
     version: str | int | None = Field(None, description='A major version, e.g. "15".')
     parameters: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
@@ -33,12 +37,15 @@ class ServiceUpdate(BaseModel):
     )
 
 
+ServiceType = Literal["postgres", "redis", "s3"]
+
+
 class ServicePublic(BaseModel):
     id: UUID
     name: str
-    service_type: str
+    service_type: ServiceType
     version: str
-    status: str
+    status: ServiceStatus
     status_reason: str | None
     parameters: dict[str, Any]
     resources: dict[str, Any]
@@ -79,3 +86,96 @@ class TokenPublic(BaseModel):
 
 class TokenCreated(TokenPublic):
     token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class CredentialsPublic(BaseModel):
+    """The instance's administrator. PostgreSQL: username, password, database, connection_url,
+    local_connection_url, ca_certificate; Redis: the same without database; S3: access_key,
+    secret_key, endpoint, local_endpoint, bucket, region, ca_certificate."""
+
+    username: str | None = None
+    password: str | None = None
+    database: str | None = None
+    connection_url: str | None = None
+    local_connection_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    endpoint: str | None = None
+    local_endpoint: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    ca_certificate: str
+
+
+ContainerStatus = Literal[
+    "created", "restarting", "running", "removing", "paused", "exited", "dead"
+]
+Outcome = Literal["applied", "stopped", "missing", "failed"]
+
+
+class LimitDrift(BaseModel):
+    configured: int | float | None
+    live: int | float | None
+
+
+class MemberRuntime(BaseModel):
+    role: str = Field(description="primary | replica-<n>")
+    container_name: str
+    container_id: str
+    status: ContainerStatus
+    restart_count: int
+    oom_killed: bool
+    oom_kills: int
+    exit_code: int | None
+    image: str
+    started_at: str | None
+    resource_limits: ResourceLimits
+    drift: dict[Literal["memory_mb", "swap_mb", "cpus"], LimitDrift] | None
+
+
+class ServiceRuntime(BaseModel):
+    service_id: UUID
+    members: list[MemberRuntime]
+
+
+class MemberStats(BaseModel):
+    role: str
+    container_name: str
+    status: ContainerStatus
+    cpu_percent: float
+    memory_usage_bytes: int
+    memory_limit_bytes: int
+    memory_percent: float
+    online_cpus: int
+
+
+class ServiceStats(BaseModel):
+    service_id: UUID
+    members: list[MemberStats]
+
+
+class ServiceLogs(BaseModel):
+    member: str
+    lines: list[str]
+
+
+class MemberApplied(BaseModel):
+    role: str
+    container_name: str
+    outcome: Outcome
+    recreated: bool = False
+    error: str | None = None
+
+
+class ResourcesApplied(BaseModel):
+    limits: ResourceLimits
+    applied: list[MemberApplied]
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    ip: str | None
+    details: dict[str, Any] | None

@@ -23,3 +23,8 @@ class ApiSettings(TempsSettings):
     health_history_retention_days: int = Field(
         30, ge=1, description="Days of health checks kept (history and uptime)."
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (bytes); a larger one answers 413 unread.",
+    )

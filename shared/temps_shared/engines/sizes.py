@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
@@ -13,15 +14,21 @@ def parse_size_mb(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("a size must be a number or a string such as '512MB' or '10GB'")
     if isinstance(value, int | float):
-        return int(value)
+        return int(_finite(value))
     if not isinstance(value, str) or not (match := _SIZE_RE.match(value)):
-        raise ValueError(f"{value!r} is not a size; write it like '512MB' or '10GB'")
+        raise ValueError(f"{str(value)[:40]!r} is not a size; write it like '512MB' or '10GB'")
     number, unit = float(match.group(1)), (match.group(2) or "M")[0].upper()
-    return int(number * _MB_PER_UNIT[unit])
+    return int(_finite(number * _MB_PER_UNIT[unit]))
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("a size must be a finite number")
+    return value
 
 
 def parse_size_gb(value: object) -> int:
     """Gigabytes in `value`: a number is already GB; a string may carry a unit."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
+        return int(_finite(value))
     return parse_size_mb(value) // 1024

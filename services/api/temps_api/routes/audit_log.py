@@ -5,22 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from temps_api.auth import ADMIN, Principal
 from temps_api.deps import State, require
+from temps_api.schemas import AuditEntry
 
 router = APIRouter(prefix="/api", tags=["audit"])
 
 
-@router.get("/audit-log")
+@router.get("/audit-log", response_model=list[AuditEntry])
 async def audit_log(
     state: State,
     _: Annotated[Principal, Depends(require(ADMIN))],
     service_id: str | None = None,
     actor: str | None = None,
     since: datetime | None = None,
-    limit: int = 500,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     rows = await state.pool.fetch(
         "SELECT at, actor, action, target, ip, details FROM audit_log"
@@ -30,6 +31,6 @@ async def audit_log(
         service_id,
         actor,
         since,
-        max(1, min(limit, 5000)),
+        limit,
     )
     return [{**dict(r), "at": r["at"].isoformat()} for r in rows]

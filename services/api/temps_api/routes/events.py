@@ -20,6 +20,7 @@ from temps_shared.bus.topology import EVENTS_STREAM
 from temps_api.auth import EXTERNAL_SERVICES_READ, Principal
 from temps_api.deps import State, described, require
 from temps_api.errors import ApiError
+from temps_api.request_guard import is_stream_sequence
 from temps_api.token_watch import token_watch
 
 router = APIRouter(prefix="/api", tags=["events"])
@@ -65,7 +66,7 @@ async def events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     subject = f"temps.evt.service.{service_id}.>" if service_id else "temps.evt.>"
-    if last_event_id is not None and not last_event_id.isdigit():
+    if last_event_id is not None and not is_stream_sequence(last_event_id):
         raise ApiError(422, "invalid_input", "Last-Event-ID must be a stream sequence number")
     config = (
         ConsumerConfig(

@@ -36,10 +36,10 @@ from temps_shared.store.types import Connection
 from temps_api.audit import record_audit
 from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECRETS_READ, Principal
 from temps_api.deps import State, require
-from temps_api.errors import ApiError, not_found, validation_error
+from temps_api.errors import ApiError, error_responses, not_found, validation_error
 from temps_api.idempotency import Answer, run_once
 from temps_api.resource_limits import check_limits
-from temps_api.schemas import ServiceCreate, ServicePublic, ServiceUpdate
+from temps_api.schemas import CredentialsPublic, ServiceCreate, ServicePublic, ServiceUpdate
 from temps_api.service_views import get_public, list_public
 
 router = APIRouter(prefix="/api/external-services", tags=["external-services"])
@@ -96,7 +96,13 @@ def _accepted(service: ServicePublic, extra_headers: dict[str, str] | None = Non
     return Answer(202, json.loads(service.model_dump_json()), extra_headers or {})
 
 
-@router.post("", status_code=202, response_model=ServicePublic)
+@router.post(
+    "",
+    status_code=202,
+    response_model=ServicePublic,
+    # 502/503: caps in `resources` are judged against the Docker host, asked of its agent.
+    responses=error_responses(409, 502, 503),
+)
 async def create_service(
     body: ServiceCreate,
     request: Request,
@@ -160,7 +166,15 @@ async def create_service(
         assert public is not None
         return _accepted(public, {"Location": f"/api/external-services/{service_id}"})
 
-    return await run_once(state.pool, principal, idempotency_key, "POST", request.url.path, work)
+    return await run_once(
+        state.pool,
+        principal,
+        idempotency_key,
+        "POST",
+        request.url.path,
+        work,
+        body.model_dump(mode="json"),
+    )
 
 
 @router.get("", response_model=list[ServicePublic])
@@ -239,7 +253,12 @@ async def _change(
     )
 
 
-@router.patch("/{service_id}", status_code=202, response_model=ServicePublic)
+@router.patch(
+    "/{service_id}",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def update_service(
     service_id: UUID, body: ServiceUpdate, request: Request, state: State, principal: Writer
 ) -> Response:
@@ -265,14 +284,24 @@ async def update_service(
     )
 
 
-@router.delete("/{service_id}", status_code=202, response_model=ServicePublic)
+@router.delete(
+    "/{service_id}",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def delete_service(
     service_id: UUID, request: Request, state: State, principal: Writer
 ) -> Response:
     return await _change(state, principal, request, service_id, "delete", _set_desired("deleted"))
 
 
-@router.post("/{service_id}/start", status_code=202, response_model=ServicePublic)
+@router.post(
+    "/{service_id}/start",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def start_service(
     service_id: UUID,
     request: Request,
@@ -285,7 +314,12 @@ async def start_service(
     )
 
 
-@router.post("/{service_id}/stop", status_code=202, response_model=ServicePublic)
+@router.post(
+    "/{service_id}/stop",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def stop_service(
     service_id: UUID,
     request: Request,
@@ -298,7 +332,12 @@ async def stop_service(
     )
 
 
-@router.post("/{service_id}/retry", status_code=202, response_model=ServicePublic)
+@router.post(
+    "/{service_id}/retry",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def retry_service(
     service_id: UUID,
     request: Request,
@@ -314,7 +353,12 @@ async def retry_service(
 ADMIN_SECRETS = ("password", "access_key", "secret_key")
 
 
-@router.post("/{service_id}/rotate-credentials", status_code=202, response_model=ServicePublic)
+@router.post(
+    "/{service_id}/rotate-credentials",
+    status_code=202,
+    response_model=ServicePublic,
+    responses=error_responses(409),
+)
 async def rotate_credentials(
     service_id: UUID,
     request: Request,
@@ -357,7 +401,12 @@ async def rotate_credentials(
     return await _change(state, principal, request, service_id, "rotate", apply, idempotency_key)
 
 
-@router.get("/{service_id}/credentials")
+@router.get(
+    "/{service_id}/credentials",
+    response_model=CredentialsPublic,
+    response_model_exclude_none=True,
+    responses=error_responses(409),
+)
 async def get_credentials(
     service_id: UUID, request: Request, response: Response, state: State, principal: SecretReader
 ) -> dict[str, Any]:
