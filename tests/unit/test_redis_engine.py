@@ -18,11 +18,15 @@ from temps_shared.engines.redis import (
 from temps_shared.engines.redis_acl import (
     BACKUP_USER,
     MONITOR_USER,
+    link_rules,
+    link_user,
     platform_users,
     render_acl_file,
     setuser_args,
 )
+from temps_shared.links import LinkGrant
 from temps_shared.settings import TempsSettings
+from temps_shared.store.links import LinkRecord, keyspace_overlaps
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import create_ca, issue_server_certificate
 
@@ -242,3 +246,113 @@ def test_default_version_is_the_specs_where_offered() -> None:
     assert default_version(versions, ENGINES["redis"]) == "7"
     assert default_version({"6": "a", "8": "b"}, ENGINES["redis"]) == "8"  # not built: newest
     assert default_version({"13": "a", "17": "b"}, ENGINES["postgres"]) == "17"
+
+
+# --- link users (issue 16): what a project's user may not do, per Redis major -------------------
+
+# Denied to every link user, whatever its prefix and version.
+EVERY_LINK_DENIES = (
+    "-@admin",
+    "-@dangerous",
+    "-flushall",
+    "-flushdb",
+    "-keys",
+    "-randomkey",
+    "-dbsize",
+    "-info",
+    "-swapdb",
+    "-migrate",
+    "-script",
+)
+
+
+def _effective(rules: tuple[str, ...], command: str) -> str | None:
+    """The last rule naming `command` exactly (Redis applies rules left to right)."""
+    named = [r for r in rules if r[1:] == command and r[0] in "+-"]
+    return named[-1][0] if named else None
+
+
+@pytest.mark.parametrize("major", [6, 7, 8])
+@pytest.mark.parametrize("prefix", [None, "shop"])
+def test_link_users_never_get_keyspace_wide_or_shared_state_commands(
+    major: int, prefix: str | None
+) -> None:
+    rules = link_rules(prefix, major)
+    assert rules[0] == "resetkeys"
+    assert rules.index("+@all") < min(rules.index(d) for d in EVERY_LINK_DENIES)
+    for denied in EVERY_LINK_DENIES:
+        assert _effective(rules, denied[1:]) == "-", (major, prefix, denied)
+    # The script cache is content-addressed: loading cannot replace another tenant's script,
+    # and redis-py's Script/Lock need SCRIPT LOAD; EVAL stays (keys checked inside scripts).
+    assert rules[rules.index("-script") + 1 :][:2] == ("+script|load", "+script|exists")
+    assert not any(r.lstrip("+-") in ("eval", "evalsha", "@scripting") for r in rules)
+    # FUNCTION exists from 7 only: naming it on 6.0 makes ACL SETUSER fail.
+    assert ("-function" in rules) == (major >= 7)
+    assert not any("function" in r or "fcall" in r for r in rules if major < 7)
+
+
+@pytest.mark.parametrize("major", [6, 7, 8])
+def test_a_prefixed_user_is_confined_to_its_prefix(major: int) -> None:
+    rules = link_rules("shop", major)
+    assert "~shop:*" in rules
+    assert "~*" not in rules
+    assert "-scan" in rules  # SCAN's answer is not filtered by key patterns (measured)
+    if major >= 7:
+        assert "&shop:*" in rules
+        assert "&*" not in rules
+        assert {"-client|tracking", "-pubsub"} <= set(rules)
+        assert "-@pubsub" not in rules
+    else:  # 6.0: no channel ACLs at all, so no Pub/Sub for a prefixed user
+        assert not any(r.startswith("&") or "channels" in r for r in rules)
+        assert "-@pubsub" in rules
+        assert "-client|tracking" not in rules  # unknown to 6.0's ACL SETUSER (CLIENT is @admin)
+
+
+@pytest.mark.parametrize("major", [6, 7, 8])
+def test_an_unprefixed_user_keeps_scan_and_pubsub(major: int) -> None:
+    rules = link_rules(None, major)
+    assert "~*" in rules
+    assert ("&*" in rules) == (major >= 7)
+    for kept in ("-scan", "-@pubsub", "-pubsub", "-client|tracking"):
+        assert kept not in rules
+
+
+def test_link_user_setuser_resets_then_applies_the_rules() -> None:
+    grant = LinkGrant(uuid4(), "link_shop_prod_abc123", "linkpw", "", "shop", True)
+    args = setuser_args(link_user(grant, 7))
+    assert args[:4] == ["link_shop_prod_abc123", "reset", "on", _sha("linkpw")]
+    assert tuple(args[4:]) == link_rules("shop", 7)
+    revoked = link_user(LinkGrant(uuid4(), "u", "pw", "", None, False), 6)
+    assert setuser_args(revoked)[2] == "off"
+    assert "linkpw" not in " ".join(args)
+
+
+def _link(project: str, prefix: str | None, state: str = "active") -> LinkRecord:
+    return LinkRecord(
+        id=uuid4(),
+        service_id=uuid4(),
+        service_type="redis",
+        project_id=PROJECTS[project],
+        environment="production",
+        key_prefix=prefix,
+        secrets_ciphertext="",
+        desired_state=state,
+        created_at=datetime.now(UTC),
+    )
+
+
+PROJECTS = {"a": uuid4(), "b": uuid4()}
+
+
+def test_keyspace_overlaps_between_projects() -> None:
+    a_open, a_shop = _link("a", None), _link("a", "shop")
+    # A new unprefixed link of b would reach every key of a's links, prefixed or not.
+    assert keyspace_overlaps([a_open, a_shop], PROJECTS["b"], None) == [a_open, a_shop]
+    # The same prefix is the same keyspace; another prefix is not.
+    assert keyspace_overlaps([a_shop], PROJECTS["b"], "shop") == [a_shop]
+    assert keyspace_overlaps([a_shop], PROJECTS["b"], "blog") == []
+    # Issue 16's rule: a prefix is enough next to another project's unprefixed link.
+    assert keyspace_overlaps([a_open], PROJECTS["b"], "blog") == []
+    # The same project's other environments, and revoked links, never count.
+    assert keyspace_overlaps([a_open, a_shop], PROJECTS["a"], None) == []
+    assert keyspace_overlaps([_link("a", None, "revoked")], PROJECTS["b"], None) == []

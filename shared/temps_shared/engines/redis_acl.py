@@ -115,7 +115,15 @@ async def apply_users(client: aioredis.Redis, users: list[AclUser]) -> bool:
     return True
 
 
-# What a link user may not do: administer, reconfigure, wipe or stop the server.
+# What no link user may do, prefixed or not (measured on 6.0.16, 7.0.15 and 8.0.2):
+# - administer, reconfigure, wipe, stop or replicate the server (`@admin`, `@dangerous`, and by
+#   name what 6.0 files elsewhere);
+# - reach the whole keyspace through keyless commands: KEYS, RANDOMKEY, DBSIZE, INFO (its
+#   keyspace section is DBSIZE), SWAPDB, MIGRATE — key patterns do not filter their answers;
+# - touch what other tenants share: SCRIPT FLUSH/KILL empty or stop the one script cache. The
+#   cache is content-addressed, so SCRIPT LOAD and SCRIPT EXISTS stay (redis-py's Script and
+#   Lock load with them); EVAL/EVALSHA stay too: every `redis.call` inside a script is checked
+#   against the caller's key patterns (declared keys or not) on every version measured.
 LINK_DENIED = (
     "-@admin",
     "-@dangerous",
@@ -126,19 +134,47 @@ LINK_DENIED = (
     "-acl",
     "-shutdown",
     "-monitor",
+    "-keys",
+    "-randomkey",
+    "-dbsize",
+    "-info",
+    "-swapdb",
+    "-migrate",
+    "-script",
+    "+script|load",
+    "+script|exists",
 )
+# Redis 7+: FUNCTION LOAD REPLACE / FUNCTION FLUSH would replace or drop another tenant's library
+# (its FCALL would then run foreign code with its rights). Only the platform's admin loads
+# functions; FCALL stays (a function runs with the caller's key rights).
+LINK_DENIED_7 = ("-function",)
+# A prefixed user's keyless views beyond its prefix: SCAN walks every key (its answer is not
+# filtered by the key pattern on 6, 7 or 8).
+PREFIXED_DENIED = ("-scan",)
+# Redis 7+: invalidation messages of CLIENT TRACKING BCAST name any key that changes, and PUBSUB
+# CHANNELS/NUMSUB list channels beyond the channel pattern.
+PREFIXED_DENIED_7 = ("-client|tracking", "-pubsub")
+# Redis 6.0 has no channel ACLs: a prefixed user would read and write every channel, so it gets
+# no Pub/Sub at all. (CLIENT, tracking included, is `@admin` there, denied above.)
+PREFIXED_DENIED_6 = ("-@pubsub",)
+
+
+def link_rules(key_prefix: str | None, major: int) -> tuple[str, ...]:
+    """A link user's keys, channels and commands on a Redis of this major version."""
+    if key_prefix:
+        keys: tuple[str, ...] = (f"~{key_prefix}:*",)
+        channels: tuple[str, ...] = (f"&{key_prefix}:*",) if major >= 7 else ()
+        prefixed = PREFIXED_DENIED + (PREFIXED_DENIED_7 if major >= 7 else PREFIXED_DENIED_6)
+    else:
+        keys, channels, prefixed = ("~*",), (("&*",) if major >= 7 else ()), ()
+    version_denied = LINK_DENIED_7 if major >= 7 else ()
+    return ("resetkeys", *keys, *channels, "+@all", *LINK_DENIED, *version_denied, *prefixed)
 
 
 def link_user(grant: LinkGrant, major: int) -> AclUser:
     """A project + environment's user: every key and channel (or only those under its
-    `key_prefix`), every command but the dangerous ones; off once the link is revoked."""
-    keys = f"~{grant.key_prefix}:*" if grant.key_prefix else "~*"
-    channels: tuple[str, ...] = ()
-    if major >= 7:  # channel ACLs exist from 6.2; Debian ships 6.0 and 7.0
-        channels = (f"&{grant.key_prefix}:*",) if grant.key_prefix else ("&*",)
+    `key_prefix`), every command but those above; off once the link is revoked. Applied with
+    `reset` on every reconcile, so a user made under older rules loses what it no longer gets."""
     return AclUser(
-        grant.username,
-        grant.active,
-        grant.password,
-        ("resetkeys", keys, *channels, "+@all", *LINK_DENIED),
+        grant.username, grant.active, grant.password, link_rules(grant.key_prefix, major)
     )

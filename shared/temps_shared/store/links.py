@@ -25,6 +25,8 @@ class LinkRecord:
     secrets_ciphertext: str
     desired_state: str
     created_at: datetime
+    # Redis: this link accepted sharing its keyspace with other projects' links.
+    shared_keyspace: bool = False
 
     def credentials(self, keyring: KeyRing) -> dict[str, str]:
         data: dict[str, str] = json.loads(
@@ -59,13 +61,15 @@ def _record(row: asyncpg.Record) -> LinkRecord:
         secrets_ciphertext=row["secrets"],
         desired_state=row["desired_state"],
         created_at=row["created_at"],
+        shared_keyspace=row["shared_keyspace"],
     )
 
 
 async def insert_link(conn: Connection, link: LinkRecord) -> None:
     await conn.execute(
         "INSERT INTO service_links (id, service_id, service_type, project_id, environment,"
-        " key_prefix, secrets, desired_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " key_prefix, secrets, desired_state, shared_keyspace)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         link.id,
         link.service_id,
         link.service_type,
@@ -74,7 +78,28 @@ async def insert_link(conn: Connection, link: LinkRecord) -> None:
         link.key_prefix,
         link.secrets_ciphertext,
         link.desired_state,
+        link.shared_keyspace,
     )
+
+
+def keyspace_overlaps(
+    active: list[LinkRecord], project_id: UUID, key_prefix: str | None
+) -> list[LinkRecord]:
+    """The active links of other projects a new Redis link of `project_id` with `key_prefix`
+    would share keys with, unless it says `shared_keyspace`: every one when the new link has no
+    prefix (it would get `~*`), those with the same prefix otherwise.
+
+    Not counted, as issue 16 rules: another project's link without a prefix when the new link
+    has one. The new link then reaches only keys under its prefix, but the older unprefixed link
+    still reaches the new link's keys (documented in docs/api.md). Links of the same project (its
+    other environments) never count: one tenant, holding both links' credentials anyway."""
+    return [
+        link
+        for link in active
+        if link.project_id != project_id
+        and link.desired_state == "active"
+        and (key_prefix is None or link.key_prefix == key_prefix)
+    ]
 
 
 async def links_of_service(conn: Executor, service_id: UUID) -> list[LinkRecord]:

@@ -24,6 +24,7 @@ from temps_shared.store.links import (
     active_link,
     active_links_of_service,
     insert_link,
+    keyspace_overlaps,
     link_aad,
     set_link_state,
 )
@@ -33,7 +34,7 @@ from temps_shared.store.types import Connection
 from temps_api.audit import record_audit
 from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, Principal
 from temps_api.deps import State, require
-from temps_api.errors import ApiError, not_found
+from temps_api.errors import ApiError, error_responses, not_found
 from temps_api.routes.projects import environment_exists
 
 router = APIRouter(prefix="/api/external-services", tags=["links"])
@@ -51,6 +52,14 @@ class LinkCreate(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Redis only: keys and channels restricted to `<prefix>:*`.",
     )
+    shared_keyspace: bool = Field(
+        False,
+        description=(
+            "Redis only: accept sharing keys with other projects' links of the service. Without"
+            " it, a link without key_prefix next to another project's link, or with the same"
+            " key_prefix as another project's link, is refused with 409 naming those links."
+        ),
+    )
 
 
 async def _writable_service(conn: Connection, service_id: UUID) -> ServiceRecord:
@@ -64,16 +73,62 @@ async def _writable_service(conn: Connection, service_id: UUID) -> ServiceRecord
 
 def _public(link: LinkRecord, status: str, username: str) -> dict[str, Any]:
     return {
+        "id": str(link.id),
         "project_id": str(link.project_id),
         "environment": link.environment,
         "status": status,
         "username": username,
         "key_prefix": link.key_prefix,
+        "shared_keyspace": link.shared_keyspace,
         "created_at": link.created_at.isoformat(),
     }
 
 
-@router.post("/{service_id}/projects", status_code=202)
+async def _refuse_shared_keyspace(
+    conn: Connection, service_id: UUID, project_id: UUID, key_prefix: str | None
+) -> None:
+    """409 naming the other projects' links this one would share Redis keys with."""
+    overlapping = keyspace_overlaps(
+        await active_links_of_service(conn, service_id), project_id, key_prefix
+    )
+    if not overlapping:
+        return
+    names = dict(
+        await conn.fetch(
+            "SELECT id, name FROM projects WHERE id = ANY($1::uuid[])",
+            [link.project_id for link in overlapping],
+        )
+    )
+    details = [
+        {
+            "link_id": str(link.id),
+            "project_id": str(link.project_id),
+            "project": names.get(link.project_id),
+            "environment": link.environment,
+            "key_prefix": link.key_prefix,
+        }
+        for link in overlapping
+    ]
+    named = ", ".join(
+        f"link {d['link_id']} (project {d['project']!r} / {d['environment']}, "
+        + (f"key_prefix {d['key_prefix']!r})" if d["key_prefix"] else "no key_prefix)")
+        for d in details
+    )
+    advice = (
+        "give another key_prefix"
+        if key_prefix
+        else "give a key_prefix (keys and channels limited to <prefix>:*)"
+    )
+    raise ApiError(
+        409,
+        "keyspace_shared",
+        f"this link would share Redis keys with another project's: {named}; {advice}, or send"
+        ' "shared_keyspace": true to share them on purpose',
+        details,
+    )
+
+
+@router.post("/{service_id}/projects", status_code=202, responses=error_responses(409))
 async def link(
     service_id: UUID, body: LinkCreate, request: Request, state: State, principal: Writer
 ) -> JSONResponse:
@@ -87,6 +142,17 @@ async def link(
                 "key_prefix: only Redis links take a key prefix",
                 [{"field": "key_prefix"}],
             )
+        if body.shared_keyspace and service.service_type != "redis":
+            raise ApiError(
+                422,
+                "invalid_input",
+                "shared_keyspace: only Redis links share a keyspace",
+                [{"field": "shared_keyspace"}],
+            )
+        if service.service_type == "redis" and not body.shared_keyspace:
+            # The service row is locked (FOR UPDATE): links of one service are created one at
+            # a time, so two requests cannot both pass this check.
+            await _refuse_shared_keyspace(conn, service_id, body.project_id, body.key_prefix)
         project = await conn.fetchval("SELECT name FROM projects WHERE id = $1", body.project_id)
         link_id = uuid4()
         credentials = ENGINES[service.service_type].new_link_credentials(
@@ -99,6 +165,7 @@ async def link(
             project_id=body.project_id,
             environment=body.environment,
             key_prefix=body.key_prefix,
+            shared_keyspace=body.shared_keyspace,
             secrets_ciphertext=state.keyring.encrypt(
                 json.dumps(credentials).encode(), link_aad(link_id)
             ),
@@ -135,7 +202,12 @@ async def link(
             "service.linked",
             str(service_id),
             request,
-            {"project_id": str(body.project_id), "environment": body.environment},
+            {
+                "project_id": str(body.project_id),
+                "environment": body.environment,
+                "key_prefix": body.key_prefix,
+                "shared_keyspace": body.shared_keyspace,
+            },
         )
     return JSONResponse(_public(record, "pending", credentials["username"]), status_code=202)
 
