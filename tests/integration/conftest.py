@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from nats.aio.client import Client
+from temps_api.audit import uvicorn_proxy_options
 from temps_api.main import create_app
 from temps_api.settings import ApiSettings
 from temps_monitor.main import serve as serve_monitor
@@ -129,12 +130,14 @@ class Platform:
 
     async def start_api(self, **overrides: Any) -> str:
         port = free_port()
+        settings = self.api_settings(**overrides)
         config = uvicorn.Config(
-            create_app(self.api_settings(**overrides)),
+            create_app(settings),
             host="127.0.0.1",
             port=port,
             log_level="warning",
             lifespan="on",
+            **uvicorn_proxy_options(settings.api_trusted_proxies),  # as `temps-api` runs
         )
         self._server = uvicorn.Server(config)
         self._tasks.append(asyncio.create_task(self._server.serve()))

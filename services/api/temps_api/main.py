@@ -14,6 +14,7 @@ from opentelemetry import trace
 from temps_shared.bootstrap import bootstrap
 from temps_shared.bus.connect import connect_nats
 from temps_shared.crypto import KeyRing
+from temps_shared.messages import Role
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
 from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
@@ -46,14 +47,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keyring = KeyRing.from_data_dir(settings.data_dir)
-        pool = await create_pool(settings.database_url)
-        nc = await connect_nats(settings.nats_url, name="temps-api")
+        pool = await create_pool(settings.database_dsn())
+        nc = await connect_nats(settings.nats_url, Role.API, settings.data_dir, name="temps-api")
         js = nc.jetstream()
         stop = asyncio.Event()
         background: list[asyncio.Task[None]] = []
         try:
             await bootstrap(pool, js, settings)
-            await ensure_installation_ca(pool, keyring)
+            await ensure_installation_ca(pool, keyring, settings.data_dir)
             await ensure_admin_token(pool, settings.data_dir)
             app.state.temps = AppState(settings=settings, pool=pool, nc=nc, js=js, keyring=keyring)
             if settings.outbox_relay_enabled:
