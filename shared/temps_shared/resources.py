@@ -3,10 +3,12 @@ cores) and its mapping to Docker's Memory / MemorySwap / NanoCpus."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 NANO = 1_000_000_000
 MIN_MEMORY_MB = 6  # Docker refuses less ("Minimum memory limit allowed is 6MB")
@@ -49,6 +51,25 @@ class ResourceLimits(BaseModel):
         if self.swap_mb and self.memory_mb is None:
             raise ValueError("swap_mb needs memory_mb: swap is counted beyond a memory cap")
         return self
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any] | None) -> ResourceLimits:
+        """Caps as stored with a service. Caps stored before they were validated (e.g. `cpus`
+        0.0001, which no container can start with) are left out, so they cannot wedge the
+        service; the user sees them gone from the drift report and may set valid ones."""
+        try:
+            return cls.model_validate(stored or {})
+        except ValidationError:
+            valid: dict[str, Any] = {}
+            # swap counts beyond a memory cap: judge the memory cap first
+            for name, value in sorted((stored or {}).items(), key=lambda kv: kv[0] == "swap_mb"):
+                try:
+                    cls.model_validate({**valid, name: value})
+                except ValidationError:
+                    log.warning("ignoring a stored resource cap Docker cannot apply: %s", name)
+                    continue
+                valid[name] = value
+            return cls.model_validate(valid)
 
     @property
     def unlimited(self) -> bool:

@@ -246,3 +246,10 @@ def test_fingerprints_ignore_key_order_but_not_values() -> None:
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint(json.loads('{"b": [1, 2], "a": 1}'))
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     assert fingerprint(None) == fingerprint(None)
+
+
+def test_caps_stored_before_validation_cannot_wedge_a_service() -> None:
+    stored = {"swap_mb": 64, "cpus": 0.0001, "memory_mb": 256}
+    assert ResourceLimits.from_stored(stored) == ResourceLimits(memory_mb=256, swap_mb=64)
+    assert ResourceLimits.from_stored({"memory_mb": 10**15}) == ResourceLimits()
+    assert ResourceLimits.from_stored(None) == ResourceLimits()

@@ -54,7 +54,7 @@ async def _members(p: Provisioner, service_id: UUID) -> list[ContainerState]:
 
 async def runtime(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
     service = await _service(p, request)
-    configured = ResourceLimits.model_validate(service.resources or {}).docker()
+    configured = ResourceLimits.from_stored(service.resources).docker()
     members = await _members(p, service.id)
     kills = await oom_kill_counts(p.pool, [c.name for c in members])
     return {

@@ -110,7 +110,7 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
         list(engine.ports) + [replica_member(n) for n in range(1, replicas + 1)],
         p.settings.port_range,
     )
-    limits = ResourceLimits.model_validate(service.resources or {}).docker()
+    limits = ResourceLimits.from_stored(service.resources).docker()
     name = container_name(service.service_type, service.name)
     certificate = _certificate_for(p, name)
     if postgres:
