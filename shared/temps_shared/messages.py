@@ -10,10 +10,9 @@ consumer refuses a message whose type or origin does not match its subject (`bus
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,9 +70,6 @@ class Message(BaseModel):
         if origin not in self.publishers:
             return f"{origin} may not publish {self.type_name()}"
         return None
-
-
-M = TypeVar("M", bound=Message)
 
 
 # --- commands -------------------------------------------------------------------------------
