@@ -98,8 +98,10 @@ clone_from_primary() {
   done
   for attempt in $(seq 1 "${TEMPS_BASEBACKUP_ATTEMPTS:-60}"); do
     log "cloning the primary with pg_basebackup (slot $slot, attempt $attempt)"
+    # --checkpoint=fast: a spread checkpoint paces its writes over most of checkpoint_timeout
+    # (minutes) however little is dirty; the replica would wait for it.
     if PGPASSWORD=$password pg_basebackup -d "$conninfo" -D "$PGDATA" -S "$slot" -X stream -R \
-      --no-password; then
+      --checkpoint=fast --no-password; then
       log "clone complete; starting as a standby"
       return 0
     fi
