@@ -44,7 +44,7 @@ def utcnow() -> datetime:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     # The roles that may publish this message type.
     publishers: ClassVar[frozenset[Role]] = frozenset()
@@ -159,6 +159,7 @@ class ServiceProvisioned(Event):
 # `ServiceStatusChanged.source` of the health monitor's verdicts: they may only move a service
 # between operational, degraded and down (the provisioner and the user own the other statuses).
 MONITOR_SOURCE = "monitor"
+MONITOR_OWNED = frozenset({ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED, ServiceStatus.DOWN})
 
 
 class ServiceStatusChanged(Event):
@@ -173,6 +174,8 @@ class ServiceStatusChanged(Event):
         # The projector trusts `source` to tell a verdict of the monitor from the provisioner's.
         if (self.source == MONITOR_SOURCE) != (origin == Role.MONITOR):
             return f"{origin} may not publish a ServiceStatusChanged with source {self.source!r}"
+        if origin == Role.MONITOR and self.status not in MONITOR_OWNED:
+            return f"the monitor may not set a service {self.status}"
         return super().origin_problem(origin)
 
 
@@ -290,7 +293,7 @@ def agent_subject(node_id: str, verb: str) -> str:
 
 
 class AgentRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     schema_version: int = 1
     service_id: UUID | None = None
@@ -300,7 +303,7 @@ class AgentRequest(BaseModel):
 
 
 class AgentReply(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     schema_version: int = 1
     ok: bool

@@ -4,10 +4,12 @@ forged event never reaching a read model."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import nats
@@ -17,9 +19,11 @@ from nats.aio.client import Client
 from temps_shared.bus.codec import MSG_ID_HEADER, TYPE_HEADER
 from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.credentials import client_credentials
+from temps_shared.bus.publish import publish_command
 from temps_shared.messages import (
     MONITOR_SOURCE,
     HealthChecked,
+    ProbeNow,
     Role,
     ServiceProvisioned,
     ServiceStatus,
@@ -166,3 +170,30 @@ async def test_a_forged_event_never_reaches_the_read_model(
     assert after["connection_info"] == before["connection_info"]
     assert "attacker" not in (await api.get(f"/api/external-services/{sid}/credentials")).text
     assert (await api.delete(f"/api/external-services/{sid}")).status_code == 202
+
+
+async def test_a_fetch_bounced_to_the_agent_is_not_acted_upon(
+    platform: Any, as_role: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker may fetch from its own consumer and name any reply subject: the server then
+    delivers the command there, past the worker's publish permissions. Named the host agent's
+    subject, the delivery must be refused by the agent (its reply is no gateway inbox), not run
+    as a request."""
+    provisioner, monitor = await as_role(Role.PROVISIONER), await as_role(Role.MONITOR)
+    probe = ProbeNow(service_id=uuid4(), reason="bait")
+    await publish_command(provisioner.jetstream(), probe, origin=Role.PROVISIONER)
+    caplog.set_level(logging.WARNING, logger="temps_provisioner.agent")
+    await monitor.publish(
+        "$JS.API.CONSUMER.MSG.NEXT.TEMPS_COMMANDS.monitor",
+        b'{"batch": 1, "expires": 2000000000}',
+        reply=agent_subject(platform.api_settings().node_id, "apply-resources"),
+    )
+
+    async def refused() -> bool:
+        return any("refused an agent request" in r.getMessage() for r in caplog.records)
+
+    await eventually(refused, 10, "the agent to refuse the bounced delivery")
+    # Settle the bait as the monitor would (a proper fetch to its own inbox).
+    sub = await monitor.jetstream().pull_subscribe_bind(durable="monitor", stream="TEMPS_COMMANDS")
+    for msg in await sub.fetch(1, timeout=40):  # redelivered after the ack wait
+        await msg.term()

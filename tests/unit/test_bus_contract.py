@@ -100,3 +100,22 @@ def test_no_role_may_delete_or_purge_and_only_the_gateway_calls_the_agent() -> N
         assert ("temps.rpc.*.*" in allowed) == (role is Role.API)
         assert subscribe_allowed(role)[0] == f"{inbox_prefix(role)}.>"
     assert "temps.rpc.*.*" in subscribe_allowed(Role.AGENT)
+
+
+@pytest.mark.parametrize("status", [ServiceStatus.FAILED, ServiceStatus.STOPPED, "deleting"])
+def test_the_monitor_moves_a_service_only_among_its_own_statuses(status: str) -> None:
+    verdict = ServiceStatusChanged(
+        service_id=SID, status=ServiceStatus(status), source=MONITOR_SOURCE, generation=1
+    )
+    with pytest.raises(ForgedMessage, match="may not set a service"):
+        open_envelope(verdict.subject(Role.MONITOR), "ServiceStatusChanged", encode(verdict))
+
+
+def test_numbers_on_the_bus_are_finite() -> None:
+    body = (
+        b'{"service_id": "%s", "checked_at": "2026-12-03T00:00:00Z", "status": "down",'
+        % (str(SID).encode())
+        + b' "generation": 1, "monitor": "m", "response_time_ms": NaN}'
+    )
+    with pytest.raises(ForgedMessage, match="does not decode"):
+        open_envelope(HealthChecked.subject_pattern(Role.MONITOR, str(SID)), "HealthChecked", body)

@@ -12,9 +12,9 @@ from datetime import timedelta
 from uuid import UUID
 
 from temps_shared.messages import (
+    MONITOR_OWNED,
     Event,
     HealthChecked,
-    ServiceStatus,
     ServiceStatusChanged,
     WalHealthRecorded,
 )
@@ -23,8 +23,6 @@ from temps_shared.store.types import Connection
 log = logging.getLogger(__name__)
 HEALTH_PROJECTION = "service_health"
 DEFAULT_RETENTION = timedelta(days=30)
-# The statuses the monitor may change; the provisioner and the user own the others.
-MONITOR_OWNED = [ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED, ServiceStatus.DOWN]
 
 _LIVE = "EXISTS (SELECT 1 FROM services WHERE id = $1 AND NOT purged)"
 
@@ -100,14 +98,14 @@ async def apply_monitor_status(conn: Connection, event: ServiceStatusChanged) ->
     check's time)."""
     await conn.execute(
         "UPDATE service_status st SET status = $2, status_reason = $3, updated_at = now()"
-        " WHERE st.service_id = $1 AND st.status = ANY($4::text[])"
+        " WHERE st.service_id = $1 AND st.status = ANY($4::text[]) AND $2 = ANY($4::text[])"
         " AND st.requested_generation <= $5"
         " AND NOT EXISTS (SELECT 1 FROM service_health h"
         "   WHERE h.service_id = $1 AND h.checked_at > $6)",
         event.service_id,
         event.status,
         event.reason,
-        MONITOR_OWNED,
+        list(MONITOR_OWNED),
         event.generation or 0,
         event.occurred_at,
     )

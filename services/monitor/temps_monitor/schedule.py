@@ -13,8 +13,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
-
-from temps_monitor.verdict import MONITOR_OWNED
+from temps_shared.messages import MONITOR_OWNED
 
 # New services start at a random point of the period, so probes spread over it.
 _ENROL = """

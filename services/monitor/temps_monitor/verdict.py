@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from temps_shared.health import WalWarning
-from temps_shared.messages import ServiceStatus
+from temps_shared.messages import MONITOR_OWNED, ServiceStatus
 
-MONITOR_OWNED = frozenset({ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED, ServiceStatus.DOWN})
 STORAGE_DEGRADED_PERCENT = 90
 STORAGE_REASON = "storage: 90% or more of the allocation is used"
 WAL_REASON = "WAL health"

@@ -12,8 +12,9 @@ from uuid import UUID
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from temps_shared.bus.permissions import inbox_prefix
 from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE
-from temps_shared.messages import AgentReply, AgentRequest, agent_subject
+from temps_shared.messages import AgentReply, AgentRequest, Role, agent_subject
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerState
 from temps_shared.runtime.container_limits import LimitUpdateError
@@ -169,6 +170,12 @@ async def serve_agent(p: Provisioner, nc: Client) -> Subscription:
     """Subscribe to this node's requests; replicas on the same node share them (queue group)."""
 
     async def on_request(msg: Msg) -> None:
+        if not msg.reply.startswith(f"{inbox_prefix(Role.API)}."):
+            # Only the gateway may ask, and its answers go to its own inbox. A request with any
+            # other reply subject was bounced here by someone else (e.g. a worker naming this
+            # subject as the reply of its own JetStream fetch): never act on it.
+            log.warning("refused an agent request on %s with reply %r", msg.subject, msg.reply)
+            return
         verb = msg.subject.rsplit(".", 1)[-1]
         try:
             handler = VERBS.get(verb)

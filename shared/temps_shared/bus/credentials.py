@@ -151,7 +151,9 @@ def server_config(layout: ServerLayout, hashes: dict[Role, str]) -> str:
 def ensure_bus_files(data_dir: Path, layout: ServerLayout) -> bool:
     """Create what is missing and (re)write the server configuration; True when anything the
     server reads changed (a running server should reload)."""
-    server_dir(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (bus_dir(data_dir), server_dir(data_dir)):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
     cert_changed = _ensure_server_certificate(data_dir)
     config = server_config(layout, _role_hashes(data_dir, _role_passwords(data_dir)))
     config_path = server_dir(data_dir) / "nats-server.conf"

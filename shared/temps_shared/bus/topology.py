@@ -27,6 +27,9 @@ HEALTH_STREAM = "TEMPS_HEALTH"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 30 * 24 * 3600.0
 HEALTH_MAX_AGE_S = 24 * 3600.0
+# Size bounds too, so no publisher (a compromised one included) can fill the disk.
+EVENTS_MAX_BYTES = 1024**3
+HEALTH_MAX_BYTES = 256 * 1024**2
 PROVISIONER_DURABLE = "provisioner"
 
 
@@ -113,6 +116,7 @@ def stream_configs() -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=EVENTS_MAX_AGE_S,
+            max_bytes=EVENTS_MAX_BYTES,
             discard=DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
@@ -122,6 +126,7 @@ def stream_configs() -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=HEALTH_MAX_AGE_S,
+            max_bytes=HEALTH_MAX_BYTES,
             discard=DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
