@@ -164,6 +164,8 @@ ensure_compose_env() {
   fi
   chmod 0600 "$pwfile"
   export TEMPS_API_PORT="${TEMPS_API_PORT:-8080}"
+  export TEMPS_NATS_PORT="${TEMPS_NATS_PORT:-4223}"
+  export TEMPS_CONTROLPLANE_DB_PORT="${TEMPS_CONTROLPLANE_DB_PORT:-5433}"
 }
 
 # Generates (once) the installation CA, the NATS server's certificate and configuration and a

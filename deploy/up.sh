@@ -4,6 +4,7 @@
 # print the API address and the admin token.
 #
 # Environment: TEMPS_DATA_DIR (default ~/.temps), TEMPS_API_PORT (default 8080),
+#              TEMPS_NATS_PORT (4223), TEMPS_CONTROLPLANE_DB_PORT (5433): loopback only,
 #              TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s).
 set -euo pipefail
 # shellcheck source=deploy/lib.sh

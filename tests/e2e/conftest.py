@@ -66,6 +66,8 @@ def stack(
     env = {
         "TEMPS_COMPOSE_PROJECT": "temps-e2e",
         "TEMPS_API_PORT": str(port),
+        "TEMPS_NATS_PORT": str(free_port()),
+        "TEMPS_CONTROLPLANE_DB_PORT": str(free_port()),
         "TEMPS_DATA_DIR": str(data_dir),
     }
     running = Stack(env=env, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir)

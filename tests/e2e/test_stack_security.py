@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 import docker
+import httpx
 import nats
 import pytest
 
@@ -79,3 +80,13 @@ async def test_no_container_of_the_stack_holds_a_secret_in_its_metadata(
         exposed = "\n".join([*(config.get("Env") or []), *(config.get("Cmd") or [])])
         assert not [s for s in secrets if s in exposed], container.name
         assert "PASSWORD=" not in exposed, container.name
+
+
+async def test_the_audit_log_records_the_clients_own_address(api: httpx.AsyncClient) -> None:
+    created = await api.post("/api/projects", json={"name": "e2e-audited"})
+    assert created.status_code == 201, created.text
+    project_id = created.json()["id"]
+    rows = (await api.get("/api/audit-log", params={"service_id": project_id})).json()
+    [entry] = [r for r in rows if r["action"] == "project.created"]
+    assert entry["ip"] == "127.0.0.1"  # not the bridge's gateway
+    assert (await api.delete(f"/api/projects/{project_id}")).status_code == 204
