@@ -121,3 +121,21 @@ async def nats_refused(url: str, **options: Any) -> str:
         return f"{type(exc).__name__}: {exc}"
     await nc.close()
     raise AssertionError(f"NATS at {url} accepted a connection with {sorted(options)}")
+
+
+async def credentials(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
+    """A service's admin credentials, revealed."""
+    response = await api.get(f"/api/external-services/{service_id}/credentials")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def revealed_variables(api: httpx.AsyncClient, project_id: str) -> dict[str, str]:
+    """The variables injected into a project's production environment, revealed."""
+    response = await api.get(
+        f"/api/projects/{project_id}/environments/production/variables", params={"reveal": "true"}
+    )
+    assert response.status_code == 200, response.text
+    variables: dict[str, str] = response.json()["variables"]
+    return variables

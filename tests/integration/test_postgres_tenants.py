@@ -26,7 +26,7 @@ from temps_shared.crypto import KeyRing
 from temps_shared.store.services import get_service
 
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, wait_status
+from tests.support import credentials, eventually, revealed_variables, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 VERSIONS = ("13", "15", "17")
@@ -62,24 +62,8 @@ async def _link(api: httpx.AsyncClient, service_id: str, project_id: str) -> Non
     await eventually(active, 60, "the link to be active")
 
 
-async def _variables(api: httpx.AsyncClient, project_id: str) -> dict[str, str]:
-    response = await api.get(
-        f"/api/projects/{project_id}/environments/production/variables", params={"reveal": "true"}
-    )
-    assert response.status_code == 200, response.text
-    variables: dict[str, str] = response.json()["variables"]
-    return variables
-
-
-async def _credentials(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    response = await api.get(f"/api/external-services/{service_id}/credentials")
-    assert response.status_code == 200, response.text
-    creds: dict[str, Any] = response.json()
-    return creds
-
-
 async def _admin(api: httpx.AsyncClient, service_id: str, database: str = "") -> asyncpg.Connection:
-    creds = await _credentials(api, service_id)
+    creds = await credentials(api, service_id)
     url = creds["local_connection_url"].split("?")[0]
     if database:
         url = url.rsplit("/", 1)[0] + f"/{database}"
@@ -118,10 +102,10 @@ async def _collect_passwords(
 ) -> None:
     """Add every password handed out or kept for the service to `tenant["passwords"]`."""
     sid = tenant["service"]["id"]
-    found = {(await _credentials(api, sid))["password"]}
+    found = {(await credentials(api, sid))["password"]}
     found |= await _stored_secrets(database_url, data_dir, sid)
     for project in ("a", "b"):
-        tenant["variables"][project] = await _variables(api, tenant["projects"][project])
+        tenant["variables"][project] = await revealed_variables(api, tenant["projects"][project])
         found.add(tenant["variables"][project]["POSTGRES_PASSWORD"])
     assert all(len(p) >= 16 for p in found)
     tenant["passwords"] |= found
@@ -207,7 +191,7 @@ async def test_link_users_reach_only_their_database_and_plant_no_trojan(
     api: httpx.AsyncClient, tenants: dict[str, dict[str, Any]], major: str
 ) -> None:
     tenant = tenants[major]
-    admin_db = (await _credentials(api, tenant["service"]["id"]))["database"]
+    admin_db = (await credentials(api, tenant["service"]["id"]))["database"]
     # Issue 16's attack: A's user opens template1 to plant `public.lower(varchar)` (copied into
     # every database created afterwards) — it cannot even connect.
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -349,7 +333,7 @@ async def test_an_old_service_is_repaired_by_the_next_reconcile(
 ) -> None:
     tenant = tenants[major]
     sid, name = tenant["service"]["id"], f"temps-postgres-{P}ten{major}"
-    creds = await _credentials(api, sid)
+    creds = await credentials(api, sid)
     a_db, a_user = (
         tenant["variables"]["a"]["POSTGRES_DB"],
         tenant["variables"]["a"]["POSTGRES_USER"],

@@ -25,7 +25,7 @@ from temps_shared.crypto import KeyRing
 from temps_shared.store.services import get_service
 
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, wait_status
+from tests.support import credentials, eventually, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,13 +39,6 @@ async def _create(api: httpx.AsyncClient, name: str, **extra: Any) -> dict[str, 
         "/api/external-services", json={"name": name, "service_type": "redis", **extra}
     )
     assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _credentials(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    response = await api.get(f"/api/external-services/{service_id}/credentials")
-    assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
@@ -149,7 +142,7 @@ async def test_versions_reach_operational_and_info_server_matches(
         assert info["host"] == f"temps-redis-{P}r{version}"
         assert (info["port"], info["tls_port"]) == (6379, 6380)
         assert len({info["local_port"], info["local_tls_port"]}) == 2
-        creds = await _credentials(api, service["id"])
+        creds = await credentials(api, service["id"])
         assert creds["username"] == "temps_admin"
         assert creds["connection_url"] == (
             f"redis://temps_admin:{creds['password']}@temps-redis-{P}r{version}:6379/0"
@@ -167,7 +160,7 @@ async def test_versions_reach_operational_and_info_server_matches(
 async def test_persistence_and_live_changes_across_stop_start(
     api: httpx.AsyncClient, trio: dict[str, dict[str, Any]]
 ) -> None:
-    creds = {v: await _credentials(api, s["id"]) for v, s in trio.items()}
+    creds = {v: await credentials(api, s["id"]) for v, s in trio.items()}
     for version in trio:
         async with _client(creds[version]) as client:
             await client.mset({f"k{i}": f"v{i}" for i in range(100)})
@@ -212,7 +205,7 @@ async def test_users_tls_and_pubsub(
     data_dir: Path,
 ) -> None:
     service = trio["8"]
-    creds = await _credentials(api, service["id"])
+    creds = await credentials(api, service["id"])
     secrets = await _all_secrets(database_url, data_dir, service["id"])
     ca = creds["ca_certificate"]
 
@@ -280,7 +273,7 @@ async def test_memory_cap_eviction_and_noeviction(api: httpx.AsyncClient) -> Non
     assert created["version"] == "7"  # the spec's default version
     assert created["parameters"]["memory_mb"] == 64
     await wait_status(api, created["id"], "operational")
-    creds = await _credentials(api, created["id"])
+    creds = await credentials(api, created["id"])
     value = "x" * (100 * 1024)
     async with _client(creds) as client:
         await _write(client, "big", value, 2000)  # 200 MB

@@ -25,7 +25,7 @@ from temps_shared.crypto import KeyRing
 from temps_shared.store.services import get_service
 
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, wait_status
+from tests.support import credentials, eventually, revealed_variables, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,22 +64,6 @@ async def _wait_active(api: httpx.AsyncClient, service_id: str, link_ids: set[st
         return link_ids <= {x["id"] for x in links if x["status"] == "active"}
 
     await eventually(active, 90, f"links {sorted(link_ids)} to be active")
-
-
-async def _variables(api: httpx.AsyncClient, project_id: str) -> dict[str, str]:
-    response = await api.get(
-        f"/api/projects/{project_id}/environments/production/variables", params={"reveal": "true"}
-    )
-    assert response.status_code == 200, response.text
-    variables: dict[str, str] = response.json()["variables"]
-    return variables
-
-
-async def _credentials(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    response = await api.get(f"/api/external-services/{service_id}/credentials")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 class Tenants:
@@ -131,8 +115,8 @@ async def _tenants(api: httpx.AsyncClient, version: str, service_id: str) -> Ten
     tenants.refused["d"] = await _post_link(api, service_id, tenants.projects["d"], key_prefix="b")
     await _wait_active(api, service_id, {link["id"] for link in tenants.links.values()})
     for name in "abc":
-        tenants.variables[name] = await _variables(api, tenants.projects[name])
-    tenants.admin = await _credentials(api, service_id)
+        tenants.variables[name] = await revealed_variables(api, tenants.projects[name])
+    tenants.admin = await credentials(api, service_id)
     return tenants
 
 
@@ -366,8 +350,8 @@ async def test_no_secret_in_docker_inspect_or_the_process_list(
     response = await _post_link(api, s3_id, project)
     assert response.status_code == 202, response.text
     await _wait_active(api, s3_id, {response.json()["id"]})
-    s3_link = await _variables(api, project)
-    s3_admin = await _credentials(api, s3_id)
+    s3_link = await revealed_variables(api, project)
+    s3_admin = await credentials(api, s3_id)
 
     checked: dict[str, list[str]] = {
         f"temps-s3-{P}ten-s3": [
