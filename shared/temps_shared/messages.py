@@ -179,6 +179,18 @@ class ServiceStatusChanged(Event):
         return super().origin_problem(origin)
 
 
+class ServiceStepCompleted(Event):
+    """One step of a reconcile that changed something (a container created or started, a server
+    accepting connections, users configured…), for live progress; no status follows from it."""
+
+    publishers = frozenset({Role.PROVISIONER})
+
+    generation: int
+    step: str
+    member: str | None = None  # "primary", "replica-<n>"; None: the service as a whole
+    elapsed_ms: int  # since the reconcile began
+
+
 class ServiceFailed(Event):
     publishers = frozenset({Role.PROVISIONER})
 
@@ -267,6 +279,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ServiceOperationRequested,
         ServiceProvisioned,
         ServiceStatusChanged,
+        ServiceStepCompleted,
         ServiceFailed,
         ServiceDeleted,
         LinkRequested,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from temps_cli import env_run, projects, services
+from temps_cli import connect, env_run, events, projects, services
 from temps_cli.output import ReportingGroup
 
 app = typer.Typer(
@@ -21,6 +21,8 @@ app.command("link")(projects.link)
 app.command("unlink")(projects.unlink)
 app.command("links")(projects.links)
 app.command("env")(env_run.env)
+app.command("events")(events.events)
+app.command("connect")(connect.connect)
 app.command(
     "run",
     # Everything after the first argument belongs to COMMAND (`temps run -P a psql -c …`).

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
 
-from temps_cli import resolve
+from temps_cli import progress, resolve
 from temps_cli.client import CliError, ExitCode, TempsClient
 from temps_cli.output import (
     JsonFlag,
@@ -86,50 +85,15 @@ def wait_for(
     timeout_s: float,
     poll_s: float = POLL_S,
 ) -> dict[str, Any]:
-    """Poll until the service shows `status` at `generation` or later (the generation a write
-    answered, so a stale `operational` from before a restart does not count). A `failed` service
-    ends the wait with its reason."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        service: dict[str, Any] = client.get(f"/api/external-services/{service_id}")
-        converged = service.get("observed_generation", 0) >= generation
-        if converged and service.get("status") == status:
-            return service
-        if converged and service.get("status") == "failed":
-            raise CliError(
-                f"service {service.get('name')} failed: {service.get('status_reason')}",
-                ExitCode.PLATFORM,
-            )
-        if time.monotonic() >= deadline:
-            raise CliError(
-                f"gave up after {timeout_s:g}s: service {service.get('name')} is "
-                f"{service.get('status')}, not {status}",
-                ExitCode.TIMEOUT,
-            )
-        time.sleep(poll_s)
+    """Until the service shows `status` at `generation` or later, showing its steps live
+    (progress.py); a `failed` service ends the wait with its reason."""
+    return progress.wait_for_status(client, service_id, status, generation, timeout_s, poll_s)
 
 
 def wait_gone(
     client: TempsClient, service_id: str, generation: int, timeout_s: float, poll_s: float = POLL_S
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            service: dict[str, Any] = client.get(f"/api/external-services/{service_id}")
-        except CliError as exc:
-            if exc.exit_code == ExitCode.NOT_FOUND:
-                return
-            raise
-        converged = service.get("observed_generation", 0) >= generation
-        if converged and service.get("status") == "failed":
-            raise CliError(f"deleting failed: {service.get('status_reason')}", ExitCode.PLATFORM)
-        if time.monotonic() >= deadline:
-            raise CliError(
-                f"gave up after {timeout_s:g}s: service {service.get('name')} is still "
-                f"{service.get('status')}",
-                ExitCode.TIMEOUT,
-            )
-        time.sleep(poll_s)
+    progress.wait_until_gone(client, service_id, generation, timeout_s, poll_s)
 
 
 @app.command("list")

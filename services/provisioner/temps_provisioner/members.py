@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.engines import ServiceNotReadyError
-from temps_shared.ids import LABEL_MANAGED, LABEL_SERVICE_ID
+from temps_shared.ids import LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE_ID
 from temps_shared.runtime import ContainerSpec, ContainerState, ImageMissingError, PortInUseError
 from temps_shared.runtime.container_limits import LimitUpdateError
 from temps_shared.store import ports
 from temps_shared.store.services import ServiceRecord
 
 from temps_provisioner.context import Provisioner
+from temps_provisioner.steps import PRIMARY, Steps
 
 log = logging.getLogger(__name__)
 READY_POLL_S = 0.05
@@ -42,10 +43,16 @@ async def drift_of(p: Provisioner, service: ServiceRecord, spec: ContainerSpec) 
 
 
 async def converge(
-    p: Provisioner, service: ServiceRecord, spec: ContainerSpec, *, start: bool = True
+    p: Provisioner,
+    service: ServiceRecord,
+    spec: ContainerSpec,
+    *,
+    start: bool = True,
+    steps: Steps | None = None,
 ) -> list[str]:
     """Make the member match `spec` and (by default) run; returns the drift that forced a
-    recreate (the data stays on the volume), empty if none."""
+    recreate (the data stays on the volume), empty if none. `steps` hears of what changed."""
+    member = spec.labels.get(LABEL_ROLE, PRIMARY)
     container = await owned_container(p, service, spec.name)
     drift = spec.drift(container) if container is not None else []
     if container is not None and drift:
@@ -57,6 +64,11 @@ async def converge(
         if container is None:
             await p.runtime.ensure_network()
             container = await p.runtime.create(spec)
+            if steps:
+                await steps.completed(
+                    f"container recreated ({', '.join(drift)})" if drift else "container created",
+                    member,
+                )
         elif container.status == "created":
             # A crash between create and start may have left it without its files.
             await p.runtime.put_files(spec.name, spec.files)
@@ -64,6 +76,8 @@ async def converge(
             await _update_limits(p, spec)
         if start and not container.running:
             await p.runtime.start(spec.name)
+            if steps:
+                await steps.completed("started", member)
     except ImageMissingError as exc:
         raise TerminalError(str(exc)) from exc
     except PortInUseError as exc:

@@ -43,6 +43,7 @@ from temps_shared.tls import ServerCertificate, issue_server_certificate
 from temps_provisioner.context import Provisioner
 from temps_provisioner.members import converge, drift_of, wait_ready
 from temps_provisioner.service_lock import service_lock
+from temps_provisioner.steps import PRIMARY, Steps
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,13 @@ async def reconcile(p: Provisioner, service_id: UUID, cause: str) -> None:
         engine = ENGINES.get(service.service_type)
         if engine is None:
             raise TerminalError(f"no engine for service type {service.service_type!r}")
+        steps = Steps(p, service, cause)
         if service.desired_state == "deleted":
-            await _delete(p, service, cause)
+            await _delete(p, service, cause, steps)
         elif service.desired_state == "stopped":
-            await _stop(p, service, cause)
+            await _stop(p, service, cause, steps)
         else:
-            await _run(p, service, engine, cause)
+            await _run(p, service, engine, cause, steps)
 
 
 async def _emit(p: Provisioner, event: Event, cause: str) -> None:
@@ -148,14 +150,16 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
     )
 
 
-async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: str) -> None:
+async def _run(
+    p: Provisioner, service: ServiceRecord, engine: Engine, cause: str, steps: Steps
+) -> None:
     postgres = engine if isinstance(engine, PostgresEngine) else None
     if postgres:
         await _remove_replicas_beyond(p, service, postgres.replica_count(service))
     desired = await desired_state(p, service)
     if postgres and await p.runtime.inspect(desired.primary.name) is None:
         # A new primary: create it (not started) to look at its volume, then decide.
-        await converge(p, service, desired.primary, start=False)
+        await converge(p, service, desired.primary, start=False, steps=steps)
         desired = await desired_state(p, service)
     credentials, spec = desired.credentials, desired.primary
 
@@ -165,24 +169,31 @@ async def _run(p: Provisioner, service: ServiceRecord, engine: Engine, cause: st
         # Gracefully: the replicas stop first, then the primary (SIGINT: a fast shutdown).
         for replica in desired.replicas:
             await p.runtime.stop(replica.name, p.settings.stop_timeout_s)
-    await converge(p, service, spec)
+    await converge(p, service, spec, steps=steps)
     endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
     previous = service.previous_credentials(p.keyring)
     if previous is not None:
         await _rotate_admin(p, service, engine, spec.name, endpoints, previous, credentials)
+        await steps.completed("administrator credentials rotated")
     await wait_ready(
         p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
     )
+    if PRIMARY in steps.touched:
+        await steps.completed("accepting connections", PRIMARY)
     await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
     service_links = await links_of_service(p.pool, service.id)
     grants = [link.grant(p.keyring) for link in service_links]
     if grants:
         await engine.apply_links(endpoints, service, credentials, grants, p.ca.cert_pem, p.runtime)
+    if steps.touched or previous is not None:
+        await steps.completed(
+            f"users configured (links: {len(grants)})" if grants else "users configured"
+        )
 
     replication = None
     if postgres:
         for replica in desired.replicas:
-            await _run_replica(p, postgres, service, replica, credentials)
+            await _run_replica(p, postgres, service, replica, credentials, steps)
         replication = await postgres.replication_status(endpoints, credentials, p.ca.cert_pem)
     await _emit(
         p,
@@ -254,14 +265,18 @@ async def _run_replica(
     service: ServiceRecord,
     spec: ContainerSpec,
     credentials: dict[str, str],
+    steps: Steps,
 ) -> None:
-    await converge(p, service, spec)
+    member = spec.labels[LABEL_ROLE]
+    await converge(p, service, spec, steps=steps)
     endpoint = _endpoints(p, engine, spec.name, {"postgres": spec.ports[5432]})["postgres"]
 
     async def probe() -> None:
         await engine.check_replica_ready(endpoint, credentials, p.ca.cert_pem)
 
     await wait_ready(p, spec.name, probe)
+    if member in steps.touched:
+        await steps.completed("cloned, streaming from the primary", member)
 
 
 async def _announce_restart(
@@ -293,11 +308,13 @@ async def _remove_replicas_beyond(p: Provisioner, service: ServiceRecord, wanted
             await ports.release_ports(p.pool, service.id, [role])
 
 
-async def _stop(p: Provisioner, service: ServiceRecord, cause: str) -> None:
+async def _stop(p: Provisioner, service: ServiceRecord, cause: str, steps: Steps) -> None:
     members = await p.runtime.containers_of(str(service.id))
     # Replicas first, the primary last.
-    for container in sorted(members, key=lambda c: c.labels.get(LABEL_ROLE) == "primary"):
+    for container in sorted(members, key=lambda c: c.labels.get(LABEL_ROLE) == PRIMARY):
         await p.runtime.stop(container.name, p.settings.stop_timeout_s)
+        if container.running:
+            await steps.completed("stopped", container.labels.get(LABEL_ROLE, PRIMARY))
     await _emit(
         p,
         ServiceStatusChanged(
@@ -310,12 +327,16 @@ async def _stop(p: Provisioner, service: ServiceRecord, cause: str) -> None:
     )
 
 
-async def _delete(p: Provisioner, service: ServiceRecord, cause: str) -> None:
+async def _delete(p: Provisioner, service: ServiceRecord, cause: str, steps: Steps) -> None:
     if not service.purged:
         for container in await p.runtime.containers_of(str(service.id)):
             await p.runtime.remove(container.name)
-        for volume in await p.runtime.volumes_of(str(service.id)):
+            await steps.completed("container removed", container.labels.get(LABEL_ROLE, PRIMARY))
+        volumes = await p.runtime.volumes_of(str(service.id))
+        for volume in volumes:
             await p.runtime.remove_volume(volume)
+        if volumes:
+            await steps.completed(f"data removed ({len(volumes)} volumes)")
         async with p.pool.acquire() as conn, conn.transaction():
             await ports.release_ports(conn, service.id)
             await mark_purged(conn, service.id)
