@@ -445,3 +445,219 @@ def test_ca_files_are_private_and_keep_the_callers_roots(tmp_path: Path) -> None
     assert aws.startswith(PEM)
     assert aws.count("BEGIN CERTIFICATE") > 10
     assert with_ca_files({"A": "1"}, run_dir, caller) == {"A": "1"}  # nothing linked: no CA
+
+
+# --- day 2: update, resize, scale, resources, health, stats, runtime, logs -f, tokens, audit ---
+
+TOKEN_ID = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+MEMBERS = [
+    {"role": "primary", "container_name": "temps-postgres-db1", "outcome": "applied"},
+    {"role": "replica-1", "container_name": "temps-postgres-db1-r1", "outcome": "stopped"},
+]
+
+
+class Day2Api(FakeApi):
+    """FakeApi plus the day-2 routes: parameters, caps, health, samples, logs, tokens, audit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.service["resources"] = {"memory_mb": 256, "swap_mb": None, "cpus": 0.5}
+        self.log: list[str] = [f"line {i}" for i in range(5)]
+        self.wal_snapshot = True
+        self.tokens = [{"id": TOKEN_ID, "name": "ci", "permissions": ["admin"]}]
+        base = f"/api/external-services/{SID}"
+        self.routes[:0] = [
+            ("PATCH", base, self._patch),
+            ("PATCH", f"{base}/resources", self._resources),
+            ("GET", f"{base}/health", lambda r: self._ok({"status": "operational",
+                                                          "metrics": {}, "history": []})),
+            ("GET", f"{base}/wal-health", self._wal),
+            ("GET", f"{base}/stats", lambda r: self._ok({"service_id": SID, "members": [
+                {"role": "primary", "status": "running", "cpu_percent": 1.5, "online_cpus": 2,
+                 "memory_usage_bytes": 3 << 20, "memory_limit_bytes": 64 << 20,
+                 "memory_percent": 4.7}]})),
+            ("GET", f"{base}/logs", self._logs),
+            ("POST", "/api/tokens", lambda r: self._ok(
+                {**json.loads(r.content), "id": TOKEN_ID, "token": "temps_secret"}, 201)),
+            ("GET", "/api/tokens", lambda r: self._ok(self.tokens)),
+            ("DELETE", f"/api/tokens/{TOKEN_ID}", lambda r: httpx.Response(204)),
+            ("GET", "/api/audit-log", lambda r: self._ok([
+                {"at": "2025-01-01T00:00:00+00:00", "actor": "admin", "action": "service.update",
+                 "target": SID, "ip": "127.0.0.1", "details": None}])),
+        ]  # fmt: skip
+
+    def bodies(self, method: str, path_end: str) -> list[Any]:
+        return [
+            json.loads(r.content)
+            for r in self.requests
+            if r.method == method and r.url.path.endswith(path_end)
+        ]
+
+    def _patch(self, request: httpx.Request) -> httpx.Response:
+        self.service["generation"] += 1
+        return self._ok(self.service, 202)
+
+    def _resources(self, request: httpx.Request) -> httpx.Response:
+        return self._ok({"limits": json.loads(request.content), "applied": MEMBERS})
+
+    def _wal(self, request: httpx.Request) -> httpx.Response:
+        if not self.wal_snapshot:
+            return _error(404, "not_found", "no WAL health yet")
+        return self._ok({"pg_wal_bytes": 48 << 20, "archive_mode": "on", "warnings": []})
+
+    def _logs(self, request: httpx.Request) -> httpx.Response:
+        tail = int(request.url.params["tail"])
+        return self._ok({"member": "primary", "lines": self.log[-tail:]})
+
+
+@pytest.fixture
+def day2() -> Day2Api:
+    return Day2Api()
+
+
+def test_update_patches_typed_parameters(day2: Day2Api) -> None:
+    result = temps(day2, "services", "update", "db1", "-p", "memory_mb=2048", "-p", "backups=false")
+    assert result.exit_code == 0, result.output
+    assert day2.bodies("PATCH", SID) == [{"parameters": {"memory_mb": 2048, "backups": False}}]
+    assert temps(day2, "services", "update", "db1").exit_code == ExitCode.INPUT  # no --param
+
+
+def test_resize_speaks_each_engines_size_names(day2: Day2Api) -> None:
+    result = temps(day2, "services", "resize", "db1", "--memory", "2GB", "--storage", "20")
+    assert result.exit_code == 0, result.output
+    day2.service["service_type"] = "s3"
+    assert temps(day2, "services", "resize", "db1", "--storage", "100GB").exit_code == 0
+    assert day2.bodies("PATCH", SID) == [
+        {"parameters": {"memory_mb": 2048, "storage_gb": 20}},
+        {"parameters": {"size_gb": 100}},
+    ]
+    odd = temps(day2, "services", "resize", "db1", "--storage", "1500MB")
+    assert odd.exit_code == ExitCode.INPUT
+    assert "--storage '1500MB' is not a whole number of GB" in odd.stderr
+    day2.service["service_type"] = "redis"
+    refused = temps(day2, "services", "resize", "db1", "--storage", "1GB")
+    assert refused.exit_code == ExitCode.INPUT
+    assert "a redis service has no storage to resize" in refused.stderr
+    assert len(day2.bodies("PATCH", SID)) == 2
+
+
+def test_scale_sets_replicas_on_postgres_only(day2: Day2Api) -> None:
+    assert temps(day2, "services", "scale", "db1", "--replicas", "2").exit_code == 0
+    assert day2.bodies("PATCH", SID) == [{"parameters": {"replicas": 2}}]
+    day2.service["service_type"] = "redis"
+    refused = temps(day2, "services", "scale", "db1", "--replicas", "1")
+    assert refused.exit_code == ExitCode.INPUT
+    assert "only PostgreSQL has read replicas" in refused.stderr
+
+
+def test_resources_keep_caps_not_named_and_clear_lifts_all(day2: Day2Api) -> None:
+    shown = temps(day2, "services", "resources", "db1", "--json")
+    assert json.loads(shown.stdout) == day2.service["resources"]
+    changed = temps(day2, "services", "resources", "db1", "--cpus", "1")
+    assert changed.exit_code == 0, changed.output
+    assert "replica-1" in changed.stdout
+    assert "stopped" in changed.stdout
+    assert temps(day2, "services", "resources", "db1", "--clear").exit_code == 0
+    assert temps(day2, "services", "resources", "db1", "--clear", "--cpus", "1").exit_code == 2
+    assert day2.bodies("PATCH", "/resources") == [{"memory_mb": 256, "cpus": 1.0}, {}]
+
+
+def test_health_adds_wal_health_for_postgres_once_probed(day2: Day2Api) -> None:
+    result = temps(day2, "services", "health", "db1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["wal_health"]["archive_mode"] == "on"
+    day2.wal_snapshot = False
+    early = temps(day2, "services", "health", "db1")
+    assert early.exit_code == 0, early.output
+    assert "operational" in early.stdout
+    assert "no WAL health yet" in early.stderr
+
+
+def test_stats_watch_stops_after_count_samples(
+    day2: Day2Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    result = temps(day2, "services", "stats", "db1", "--watch", "--count", "3", "--json")
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [s["members"][0]["cpu_percent"] for s in samples] == [1.5, 1.5, 1.5]
+    table = temps(day2, "services", "stats", "db1", "--watch", "--count", "2")
+    assert table.exit_code == 0, table.output
+    assert "3.0 / 64 MiB" in table.stdout
+    assert day2.paths().count(f"GET /api/external-services/{SID}/stats") == 5
+
+
+def test_new_lines_are_those_after_the_overlap() -> None:
+    from temps_cli.observe import new_lines
+
+    assert new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]
+    assert new_lines(["a", "b"], ["a", "b"]) == []
+    assert new_lines(["a", "b"], ["x"]) == ["x"]  # a recreated container starts afresh
+    assert new_lines([], ["a"]) == ["a"]
+
+
+def test_logs_follow_prints_each_line_once_until_ctrl_c(
+    day2: Day2Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    polls = iter([["line 5"], [], ["line 6", "line 7"]])
+
+    def sleep(_: float) -> None:
+        more = next(polls, None)
+        if more is None:
+            raise KeyboardInterrupt
+        day2.log.extend(more)
+
+    monkeypatch.setattr("time.sleep", sleep)
+    result = temps(day2, "services", "logs", "db1", "-f", "--tail", "2")
+    assert result.exit_code == 130, result.output
+    assert result.stdout.splitlines() == ["line 3", "line 4", "line 5", "line 6", "line 7"]
+
+
+def test_tokens_create_with_expiry_and_revoke_by_name(day2: Day2Api) -> None:
+    created = temps(day2, "tokens", "create", "ci", "-p", "external_services:read",
+                    "--expires-in", "12h")  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert "temps_secret" in created.stdout
+    assert "shown this once" in created.stderr
+    assert day2.bodies("POST", "/api/tokens") == [
+        {"name": "ci", "permissions": ["external_services:read"], "expires_in_s": 43200}
+    ]
+    assert (
+        temps(day2, "tokens", "create", "x", "-p", "admin", "--expires-in", "soon").exit_code == 2
+    )
+    assert temps(day2, "tokens", "revoke", "ci").exit_code == 0
+    assert f"DELETE /api/tokens/{TOKEN_ID}" in day2.paths()
+    assert temps(day2, "tokens", "revoke", "nope").exit_code == ExitCode.NOT_FOUND
+
+
+def test_audit_filters_by_service_name(day2: Day2Api) -> None:
+    result = temps(day2, "audit", "--service", "db1", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    params = day2.requests[-1].url.params
+    assert (params["service_id"], params["limit"]) == (SID, "5")
+    assert "service.update" in result.stdout
+    assert "db1" in result.stdout
+
+
+def _complete(transport: httpx.MockTransport, words: str) -> Result:
+    """What bash completion asks `temps` for, as a shell's Tab does."""
+    client = TempsClient(base_url="http://temps.test", token="t0ken", transport=transport)
+    env = {"_TEMPS_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split(" ")) - 1)}  # fmt: skip
+    return CliRunner().invoke(app, [], obj=client, env=env, prog_name="temps")
+
+
+def test_completion_offers_service_and_project_names(day2: Day2Api) -> None:
+    services = _complete(httpx.MockTransport(day2), "temps services logs d")
+    assert services.stdout.split() == ["db1"]
+    assert _complete(httpx.MockTransport(day2), "temps services logs x").stdout.split() == []
+    projects = _complete(httpx.MockTransport(day2), "temps env s")
+    assert projects.stdout.split() == ["shop"]
+
+
+def test_completion_is_silent_without_an_api() -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    result = _complete(httpx.MockTransport(unreachable), "temps services show d")
+    assert (result.exit_code, result.stdout.strip(), result.stderr) == (0, "", "")

@@ -93,12 +93,13 @@ class TempsClient:
         base_url: str | None = None,
         token: str | None = None,
         transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = TIMEOUT,
     ) -> None:
         self.base_url = base_url or os.environ.get("TEMPS_API_URL") or DEFAULT_API_URL
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token or _token()}", "User-Agent": "temps-cli"},
-            timeout=TIMEOUT,
+            timeout=timeout,
             transport=transport,
         )
 
@@ -131,6 +132,9 @@ class TempsClient:
 
     def post(self, path: str, json: Any = None) -> Any:
         return self.request("POST", path, json=json)
+
+    def patch(self, path: str, json: Any = None) -> Any:
+        return self.request("PATCH", path, json=json)
 
     def delete(self, path: str, params: dict[str, str] | None = None) -> Any:
         return self.request("DELETE", path, params=params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from temps_cli import connect, env_run, events, projects, services
+from temps_cli import audit, connect, env_run, events, observe, projects, services, tokens
 from temps_cli.output import ReportingGroup
 
 app = typer.Typer(
@@ -17,6 +17,15 @@ app = typer.Typer(
 )
 app.add_typer(services.app, name="services")
 app.add_typer(projects.app, name="projects")
+app.add_typer(tokens.app, name="tokens")
+app.command("audit")(audit.audit)
+for _name, _command in (
+    ("health", observe.health),
+    ("stats", observe.stats),
+    ("runtime", observe.runtime),
+    ("logs", observe.logs),
+):
+    services.app.command(_name)(_command)
 app.command("link")(projects.link)
 app.command("unlink")(projects.unlink)
 app.command("links")(projects.links)

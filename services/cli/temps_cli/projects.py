@@ -10,14 +10,27 @@ import typer
 
 from temps_cli import resolve
 from temps_cli.client import CliError, ExitCode, TempsClient
+from temps_cli.completion import project_names
 from temps_cli.output import JsonFlag, api, note, print_fields, print_json, print_table
 from temps_cli.services import POLL_S, ServiceRef, Timeout, WaitFlag
 
 app = typer.Typer(help="Projects and their environments.", no_args_is_help=True)
 
-ProjectRef = Annotated[str, typer.Argument(help="The project's name or id.", show_default=False)]
+ProjectRef = Annotated[
+    str,
+    typer.Argument(
+        help="The project's name or id.", show_default=False, autocompletion=project_names
+    ),
+]
 ProjectOpt = Annotated[
-    str, typer.Option("--project", "-P", help="The project's name or id.", show_default=False)
+    str,
+    typer.Option(
+        "--project",
+        "-P",
+        help="The project's name or id.",
+        show_default=False,
+        autocompletion=project_names,
+    ),
 ]
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="The environment.")]
 LINK_COLUMNS = ("project", "environment", "status", "username", "key_prefix", "created_at")

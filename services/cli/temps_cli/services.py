@@ -1,8 +1,10 @@
-"""`temps services …`: create, list, show, delete, start, stop, retry, rotate, credentials, logs."""
+"""`temps services …`: create, list, show, delete, start, stop, retry, rotate, credentials, and
+the day-2 changes update, resize, scale and resources (health, stats, runtime, logs: observe.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Any
 
@@ -10,6 +12,7 @@ import typer
 
 from temps_cli import progress, resolve
 from temps_cli.client import CliError, ExitCode, TempsClient
+from temps_cli.completion import service_names
 from temps_cli.output import (
     JsonFlag,
     abbreviate_pem,
@@ -22,7 +25,12 @@ from temps_cli.output import (
 
 app = typer.Typer(help="Managed services: PostgreSQL, Redis, S3.", no_args_is_help=True)
 
-ServiceRef = Annotated[str, typer.Argument(help="The service's name or id.", show_default=False)]
+ServiceRef = Annotated[
+    str,
+    typer.Argument(
+        help="The service's name or id.", show_default=False, autocompletion=service_names
+    ),
+]
 WaitFlag = Annotated[bool, typer.Option("--wait", help="Wait until the change is done.")]
 Timeout = Annotated[
     float, typer.Option("--timeout", help="Seconds --wait waits at most.", min=1, show_default=True)
@@ -226,20 +234,162 @@ def credentials(service: ServiceRef, as_json: JsonFlag = False) -> None:
         )
 
 
-@app.command("logs")
-def logs(
+# --- day 2: parameters (PATCH …/{id}) and container caps (PATCH …/resources) ---------------
+
+# `resize` takes the spec's sizes ("512MB", "20GB"; a bare number is in the field's unit) and
+# sends each engine's own field in its unit, so what is stored is exactly what was asked.
+RESIZE_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "postgres": {"memory": ("memory_mb", "M"), "storage": ("storage_gb", "G")},
+    "redis": {"memory": ("memory_mb", "M")},
+    "s3": {"storage": ("size_gb", "G")},
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?)?\s*$", re.IGNORECASE)
+_MIB_PER_UNIT = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+RESOURCE_COLUMNS = ("role", "container_name", "outcome", "recreated", "error")
+
+
+def _change_parameters(
+    client: TempsClient,
+    sid: str,
+    parameters: dict[str, Any],
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    answer = client.patch(f"/api/external-services/{sid}", {"parameters": parameters})
+    if wait:
+        note(f"waiting for {answer.get('name')} to apply the change (at most {timeout:g}s)…")
+        answer = wait_for(client, sid, "operational", int(answer.get("generation", 0)), timeout)
+    show_service(answer, as_json)
+
+
+@app.command("update")
+def update(
     service: ServiceRef,
-    member: Annotated[str | None, typer.Option(help="Member, e.g. replica-1.")] = None,
-    tail: Annotated[int, typer.Option(help="Lines from the end.", min=1)] = 200,
+    params: Annotated[
+        list[str],
+        typer.Option(
+            "--param", "-p", help="Engine parameter key=value (repeatable).", show_default=False
+        ),
+    ],
+    wait: WaitFlag = False,
+    timeout: Timeout = 300.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """The last lines of a member's container log."""
+    """Change parameters (merged with the stored ones): live where the engine can, else by a
+    restart that keeps the data (--wait: until applied)."""
     client = api()
-    params = {"tail": str(tail), **({"member": member} if member else {})}
-    answer = client.get(
-        f"/api/external-services/{resolve.service_id(client, service)}/logs", params
+    parameters = dict(parse_param(p) for p in params)
+    _change_parameters(
+        client, resolve.service_id(client, service), parameters, wait, timeout, as_json
     )
+
+
+def size_in(text: str, unit: str, option: str) -> int:
+    """`text` ("512MB", "1.5GB", "20", "1GiB") as a whole number of `unit` (M or G)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise CliError(f"{option} {text!r}: write a size such as 512MB or 20GB", ExitCode.INPUT)
+    given_unit = (match[2] or unit).upper()
+    amount = float(match[1]) * _MIB_PER_UNIT[given_unit] / _MIB_PER_UNIT[unit]
+    if amount != int(amount) or amount < 1:
+        raise CliError(f"{option} {text!r} is not a whole number of {unit}B", ExitCode.INPUT)
+    return int(amount)
+
+
+@app.command("resize")
+def resize(
+    service: ServiceRef,
+    memory: Annotated[
+        str | None, typer.Option(help="PostgreSQL/Redis memory, e.g. 512MB or 1GB (MB if bare).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL storage / S3 quota, e.g. 20GB (GB if bare)."),
+    ] = None,
+    wait: WaitFlag = False,
+    timeout: Timeout = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Resize the engine: a shortcut for `update` with memory / storage (the spec's sizes)."""
+    asked = {k: v for k, v in (("memory", memory), ("storage", storage)) if v is not None}
+    if not asked:
+        raise CliError("resize needs --memory or --storage", ExitCode.INPUT)
+    client = api()
+    sid = resolve.service_id(client, service)
+    service_type = str(client.get(f"/api/external-services/{sid}").get("service_type"))
+    fields = RESIZE_FIELDS.get(service_type, {})
+    missing = sorted(set(asked) - set(fields))
+    if missing:
+        raise CliError(f"a {service_type} service has no {missing[0]} to resize", ExitCode.INPUT)
+    parameters = {fields[k][0]: size_in(v, fields[k][1], f"--{k}") for k, v in asked.items()}
+    _change_parameters(client, sid, parameters, wait, timeout, as_json)
+
+
+@app.command("scale")
+def scale(
+    service: ServiceRef,
+    replicas: Annotated[
+        int,
+        typer.Option(help="Streaming read replicas, 0 to 5.", min=0, show_default=False),
+    ],
+    wait: WaitFlag = False,
+    timeout: Timeout = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set the number of PostgreSQL read replicas (the `replicas` parameter)."""
+    client = api()
+    sid = resolve.service_id(client, service)
+    service_type = client.get(f"/api/external-services/{sid}").get("service_type")
+    if service_type != "postgres":
+        raise CliError(f"only PostgreSQL has read replicas, not {service_type}", ExitCode.INPUT)
+    _change_parameters(client, sid, {"replicas": replicas}, wait, timeout, as_json)
+
+
+@app.command("resources")
+def resources(
+    service: ServiceRef,
+    memory_mb: Annotated[
+        int | None, typer.Option(help="Container memory cap in MiB (at least 6).", min=1)
+    ] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="Container CPU cap in cores.", min=0.01)
+    ] = None,
+    swap_mb: Annotated[
+        int | None, typer.Option(help="Swap in MiB beyond the memory cap.", min=0)
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Lift every cap.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the container caps, or change them on every member and say what each member did.
+
+    Caps not given keep their value; --clear lifts them all (a lifted memory cap recreates the
+    member: Docker cannot lift one live; the data stays).
+    """
+    asked = {
+        k: v
+        for k, v in (("memory_mb", memory_mb), ("cpus", cpus), ("swap_mb", swap_mb))
+        if v is not None
+    }
+    if clear and asked:
+        raise CliError("--clear lifts every cap: give it alone", ExitCode.INPUT)
+    client = api()
+    sid = resolve.service_id(client, service)
+    current: dict[str, Any] = client.get(f"/api/external-services/{sid}").get("resources") or {}
+    if not asked and not clear:
+        # The API has no GET …/resources: the caps are part of the service.
+        if as_json:
+            print_json(current)
+        else:
+            print_fields((k, current.get(k)) for k in ("memory_mb", "swap_mb", "cpus"))
+        return
+    # PATCH replaces every cap; merging here keeps the ones not named on the command line.
+    limits = {} if clear else {**{k: v for k, v in current.items() if v is not None}, **asked}
+    answer = client.patch(f"/api/external-services/{sid}/resources", limits)
     if as_json:
         print_json(answer)
-    else:
-        sys.stdout.write("".join(f"{line.rstrip(chr(10))}\n" for line in answer.get("lines", [])))
+        return
+    caps = answer.get("limits") or {}
+    set_caps = ", ".join(f"{k}={v}" for k, v in caps.items() if v is not None)
+    note(f"caps: {set_caps or 'none'}")
+    print_table(answer.get("applied") or [], RESOURCE_COLUMNS)
