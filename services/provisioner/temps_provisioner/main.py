@@ -21,6 +21,7 @@ from temps_provisioner.agent import serve_agent
 from temps_provisioner.context import Provisioner
 from temps_provisioner.handlers import make_handler, make_on_terminal
 from temps_provisioner.oom_watch import watch_oom_kills
+from temps_provisioner.resync import run_resync
 from temps_provisioner.settings import ProvisionerSettings
 from temps_provisioner.storage_jobs import run_s3_jobs
 
@@ -54,6 +55,7 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
         jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
         agent = await serve_agent(provisioner, agent_nc)
         oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
+        resync = asyncio.create_task(run_resync(provisioner, stop), name="resync")
         try:
             await consume(
                 provisioner.js,
@@ -65,7 +67,7 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
             )
         finally:
             await agent.unsubscribe()
-            for task in (jobs, oom_watch):
+            for task in (jobs, oom_watch, resync):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -62,6 +62,8 @@ async def converge(
         container = None
     try:
         if container is None:
+            if member == PRIMARY:
+                await _guard_data_volume(p, service, spec)
             await p.runtime.ensure_network()
             container = await p.runtime.create(spec)
             if steps:
@@ -93,6 +95,28 @@ async def converge(
         )
         raise RetryableError(str(exc), delay_s=0.2) from exc
     return drift
+
+
+async def _guard_data_volume(p: Provisioner, service: ServiceRecord, spec: ContainerSpec) -> None:
+    """A primary's volume that was created once and is gone now held the service's data:
+    refuse to start it again on a new, empty one (a replica's is re-cloned, not guarded)."""
+    if await p.runtime.volume_exists(spec.volume):
+        return
+    created = await p.pool.fetchval(
+        "SELECT 1 FROM service_volumes WHERE service_id = $1 AND volume = $2",
+        service.id,
+        spec.volume,
+    )
+    if created:
+        raise TerminalError(
+            f"the data volume {spec.volume} is gone: its data is lost; restore the service from"
+            " a backup, or delete it (a new, empty volume would hide the loss)"
+        )
+    await p.pool.execute(
+        "INSERT INTO service_volumes (service_id, volume) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        service.id,
+        spec.volume,
+    )
 
 
 async def _update_limits(p: Provisioner, spec: ContainerSpec) -> None:

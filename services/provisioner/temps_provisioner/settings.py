@@ -12,6 +12,16 @@ class ProvisionerSettings(TempsSettings):
         90.0, description="How long a started service may take to accept connections."
     )
     stop_timeout_s: int = Field(30, description="Grace period of a container stop.")
+    resync_period_s: float = Field(
+        60.0, gt=0, description="How often each running service is checked against Docker."
+    )
+    resync_poll_s: float = Field(
+        2.0, gt=0, description="How often due checks (and the monitor's `down`) are looked for."
+    )
+    resync_batch: int = Field(20, ge=1, description="Services checked per pass by a replica.")
+    resync_max_backoff_s: float = Field(
+        300.0, gt=0, description="Longest wait between failed repairs of one service."
+    )
     s3_quota_period_s: float = Field(
         30.0, gt=0, description="How often S3 quotas are enforced (and `degraded` set or lifted)."
     )
