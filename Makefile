@@ -6,7 +6,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: up down images prepare lint format test test-unit test-integration test-e2e bench
 
-up:            ## prepare the host, build images, start the platform, print URL + admin token
+up:            ## prepare the host, build images, start the platform, put `temps` on PATH
 	deploy/up.sh
 
 down:          ## stop the platform (data, volumes and managed services are kept)

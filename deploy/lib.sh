@@ -10,6 +10,7 @@
 #   compose_bin / compose  the Docker Compose v2 binary, with -f and -p set
 #   ensure_compose_env   TEMPS_DATA_DIR + the control-plane DB password (generated once)
 #   ensure_bus_files     the NATS server's configuration and each role's credentials
+#   ensure_cli_launcher  a `temps` launcher on PATH that execs the venv's CLI
 
 if [[ -n "${_TEMPS_LIB_SOURCED:-}" ]]; then return 0; fi
 _TEMPS_LIB_SOURCED=1
@@ -174,4 +175,28 @@ ensure_compose_env() {
 ensure_bus_files() {
   "$VENV/bin/python" -m temps_shared.bus.credentials --data-dir "$TEMPS_DATA_DIR" \
     --listen 0.0.0.0:4222 --store-dir /data --files-dir /etc/nats --http 127.0.0.1:8222
+}
+
+# Puts `temps` on PATH: a two-line script in $TEMPS_BIN_DIR (default /usr/local/bin as root,
+# else ~/.local/bin) that execs $VENV/bin/temps. A launcher rather than a copy or symlink of the
+# venv's entry point, so it follows every reinstall and never goes stale. Rewritten only when its
+# content differs; a `temps` there that is not ours is left alone. Prints the launcher's path.
+TEMPS_LAUNCHER_MARK="# Temps CLI launcher, written by deploy/up.sh"
+ensure_cli_launcher() {
+  local dir="${TEMPS_BIN_DIR:-}"
+  if [[ -z $dir ]]; then
+    if [[ $(id -u) == 0 ]]; then dir=/usr/local/bin; else dir="$HOME/.local/bin"; fi
+  fi
+  local target="$dir/temps" want
+  want="$(printf '#!/bin/bash\n%s\nexec %q "$@"\n' "$TEMPS_LAUNCHER_MARK" "$VENV/bin/temps")"
+  if [[ -e $target ]] && ! grep -qxF "$TEMPS_LAUNCHER_MARK" "$target" 2>/dev/null; then
+    warn "$target exists and is not Temps' launcher: left as is (the CLI is $VENV/bin/temps)"
+    return 1
+  fi
+  if [[ ! -e $target || "$(cat "$target")" != "$want" ]]; then
+    mkdir -p "$dir" || return 1
+    printf '%s\n' "$want" >"$target.tmp.$$" && chmod 0755 "$target.tmp.$$" &&
+      mv -f "$target.tmp.$$" "$target" || { rm -f "$target.tmp.$$"; return 1; }
+  fi
+  printf '%s\n' "$target"
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Bring the Temps control plane up on this host (idempotent; a second run changes nothing):
 # prepare the host, build the images, start the compose stack, wait until it is healthy,
-# print the API address and the admin token.
+# put the `temps` CLI on PATH, print the API address, the token file and a first command.
 #
 # Environment: TEMPS_DATA_DIR (default ~/.temps), TEMPS_API_PORT (default 8080),
 #              TEMPS_NATS_PORT (4223), TEMPS_CONTROLPLANE_DB_PORT (5433): loopback only,
-#              TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s).
+#              TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s),
+#              TEMPS_BIN_DIR (the CLI launcher's directory; /usr/local/bin as root, else ~/.local/bin).
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -92,5 +93,29 @@ if [[ $prov != running && $prov != healthy ]]; then
   warn "provisioner is $prov (see: deploy/compose.sh logs provisioner)"
 fi
 
-echo "Temps is up: API http://127.0.0.1:${TEMPS_API_PORT}/api"
-echo "Admin token: $(cat "$token_file")"
+# The CLI on PATH; a failure here leaves the platform usable, so it only warns.
+launcher="$(ensure_cli_launcher)" || launcher=""
+cli="$VENV/bin/temps"
+if [[ -n $launcher ]]; then
+  cli="$launcher"
+  # The launcher's own directory on PATH (not just any `temps`) is what makes `temps` ours.
+  if [[ $(command -v temps 2>/dev/null) == "$launcher" ]]; then cli=temps; fi
+fi
+
+api_url="http://127.0.0.1:${TEMPS_API_PORT}"
+# The token itself is not printed: this output ends up in terminals' scrollback and CI logs.
+echo "Temps is up: API $api_url/api (reference: $api_url/api/docs)"
+echo "Admin token: in $token_file (mode 0600; the CLI reads it from there)"
+if [[ -n $launcher ]]; then
+  echo "CLI: $launcher (runs $VENV/bin/temps)"
+  if [[ $cli != temps ]]; then
+    echo "     $(dirname "$launcher") is not on your PATH: export PATH=\"$(dirname "$launcher"):\$PATH\""
+  fi
+else
+  echo "CLI: $cli"
+fi
+# The CLI's defaults are the default port and data directory; anything else must be told.
+if [[ $TEMPS_API_PORT != 8080 || $TEMPS_DATA_DIR != "$(cd "$HOME" && pwd -P)/.temps" ]]; then
+  echo "     export TEMPS_API_URL=$api_url TEMPS_DATA_DIR=$TEMPS_DATA_DIR"
+fi
+echo "Next: $cli services create mydb --type postgres --wait"

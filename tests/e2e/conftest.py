@@ -69,6 +69,8 @@ def stack(
         "TEMPS_NATS_PORT": str(free_port()),
         "TEMPS_CONTROLPLANE_DB_PORT": str(free_port()),
         "TEMPS_DATA_DIR": str(data_dir),
+        # The stack's CLI launcher goes here, not onto the host's PATH.
+        "TEMPS_BIN_DIR": str(tmp_path_factory.mktemp("temps-e2e-bin")),
     }
     running = Stack(env=env, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir)
     running.run("compose.sh", "down", "--volumes", "--timeout", "5")  # a known state

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,7 +33,24 @@ async def test_up_prints_the_api_and_token_and_a_rerun_changes_nothing(
 ) -> None:
     first = stack.first_up
     assert f"Temps is up: API {stack.base_url}/api" in first
-    assert f"Admin token: {stack.token}" in first
+    assert f"Admin token: in {stack.data_dir / 'admin_token'}" in first
+    assert stack.token not in first  # where the token is, never the token
+    launcher = Path(stack.env["TEMPS_BIN_DIR"]) / "temps"
+    assert f"CLI: {launcher}" in first
+    assert f"export TEMPS_API_URL={stack.base_url} TEMPS_DATA_DIR={stack.data_dir}" in first
+    assert f"Next: {launcher} services create mydb --type postgres --wait" in first
+    # The launcher runs the project's CLI: it reaches this stack with the printed settings.
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [str(launcher), "services", "list", "--json"],
+        env={**os.environ, "TEMPS_API_URL": stack.base_url, "TEMPS_DATA_DIR": str(stack.data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)
+    launcher_stat = launcher.stat()
     before = stack.project_containers(docker_client)
     assert {n.split("-")[-2] for n in before} >= {"api", "provisioner", "nats"}
     images = {t: docker_client.images.get(t).id for t in ("temps/app:latest", "temps/postgres:15")}
@@ -38,8 +58,9 @@ async def test_up_prints_the_api_and_token_and_a_rerun_changes_nothing(
     started = time.monotonic()
     again = stack.run("up.sh")
     elapsed = time.monotonic() - started
-    assert f"Admin token: {stack.token}" in again.stdout
+    assert f"CLI: {launcher}" in again.stdout
     assert stack.project_containers(docker_client) == before  # nothing recreated
+    assert launcher.stat().st_mtime_ns == launcher_stat.st_mtime_ns  # launcher not rewritten
     assert {t: docker_client.images.get(t).id for t in images} == images  # nothing rebuilt
     assert elapsed < 60, f"a no-op `make up` took {elapsed:.0f}s"
 
