@@ -12,6 +12,9 @@ LABEL_SERVICE_ID = "io.temps.service-id"
 LABEL_ROLE = "io.temps.role"
 # The service generation a container was created for (which change made it).
 LABEL_GENERATION = "io.temps.generation"
+# The installation (control-plane database) that made an object: the garbage collector only
+# ever removes its own installation's objects, never another's on the same Docker engine.
+LABEL_INSTALLATION = "io.temps.installation"
 
 
 def is_valid_service_name(name: str) -> bool:

@@ -128,3 +128,33 @@ async def test_a_lost_volume_fails_instead_of_coming_back_empty(
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{name}-data")  # no new, empty one
     assert (await api.delete(f"/api/external-services/{service['id']}")).status_code == 202
+
+
+async def test_orphans_of_deleted_services_are_collected_and_strangers_kept(
+    api: httpx.AsyncClient, docker_client: docker.DockerClient, database_url: str
+) -> None:
+    service = await _create(api, "orphan", "redis", memory_mb=64)
+    name = f"temps-redis-{P}orphan"
+    # A crash left the objects of a service the database already counts as deleted.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE services SET purged = true WHERE id = $1", service["id"])
+    finally:
+        await conn.close()
+    # An object that is managed but not this installation's (another control plane's).
+    stranger = docker_client.containers.create(
+        "temps/redis:7",
+        name=f"temps-redis-{P}stranger",
+        labels={"io.temps.managed": "true", "io.temps.service-id": service["id"]},
+    )
+
+    async def collected() -> bool:
+        names = {c.name for c in docker_client.containers.list(all=True)}
+        volumes = {v.name for v in docker_client.volumes.list()}
+        return name not in names and f"{name}-data" not in volumes
+
+    try:
+        await eventually(collected, PERIOD_S * 2 + 30, "the orphans to be collected")
+        stranger.reload()  # still there
+    finally:
+        stranger.remove(force=True)

@@ -38,7 +38,7 @@ from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
-from temps_shared.store.services import get_service
+from temps_shared.store.services import get_service, installation_id
 
 from tests.integration.conftest import Platform, admin_token
 from tests.support import RUN_PORT_RANGE_S3, TEST_LABEL, eventually, wait_status
@@ -101,6 +101,7 @@ async def jobs(platform: Platform) -> AsyncIterator[Provisioner]:
         keyring=keyring,
         ca=await ensure_installation_ca(pool, keyring, settings.data_dir),
         settings=settings,
+        installation=await installation_id(pool),
     )
     await nc.close()
     await pool.close()

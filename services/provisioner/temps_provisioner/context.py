@@ -21,3 +21,4 @@ class Provisioner:
     keyring: KeyRing
     ca: CertificateAuthority
     settings: ProvisionerSettings
+    installation: str  # this control plane's id (`installation` table): labels its objects

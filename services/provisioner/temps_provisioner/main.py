@@ -11,10 +11,12 @@ from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import provisioner_consumer
 from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
+from temps_shared.metrics import run_queue_sampler, start_metrics_server
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
 from temps_shared.store.pool import create_pool
+from temps_shared.store.services import installation_id
 from temps_shared.worker_process import run_worker
 
 from temps_provisioner.agent import serve_agent
@@ -42,6 +44,7 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
         settings.nats_url, Role.AGENT, settings.data_dir, name=f"temps-agent-{settings.node_id}"
     )
     docker_client = docker.from_env()
+    metrics = start_metrics_server(settings.metrics_host, settings.metrics_port)
     try:
         await apply_migrations(pool)
         provisioner = Provisioner(
@@ -51,15 +54,21 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
             keyring=keyring,
             ca=await ensure_installation_ca(pool, keyring, settings.data_dir),
             settings=settings,
+            installation=await installation_id(pool),
         )
         jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
         agent = await serve_agent(provisioner, agent_nc)
         oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
         resync = asyncio.create_task(run_resync(provisioner, stop), name="resync")
+        commands = provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver)
+        queue = asyncio.create_task(
+            run_queue_sampler(provisioner.js, [commands], stop, settings.metrics_queue_sample_s),
+            name="queue-depth",
+        )
         try:
             await consume(
                 provisioner.js,
-                provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver),
+                commands,
                 make_handler(provisioner),
                 stop=stop,
                 on_terminal=make_on_terminal(provisioner),
@@ -67,7 +76,7 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
             )
         finally:
             await agent.unsubscribe()
-            for task in (jobs, oom_watch, resync):
+            for task in (jobs, oom_watch, resync, queue):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -77,6 +86,8 @@ async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
                 await connection.drain()
         await pool.close()
         docker_client.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def run() -> None:

@@ -16,7 +16,7 @@ from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
 from temps_shared.engines.base import Endpoints, dial_endpoints
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
-from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE, container_name
+from temps_shared.ids import LABEL_GENERATION, LABEL_INSTALLATION, LABEL_ROLE, container_name
 from temps_shared.messages import (
     CredentialsRotated,
     Event,
@@ -138,7 +138,11 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
     ]
 
     def finish(spec: ContainerSpec) -> ContainerSpec:
-        labels = {**spec.labels, LABEL_GENERATION: str(service.generation)}
+        labels = {
+            **spec.labels,
+            LABEL_GENERATION: str(service.generation),
+            LABEL_INSTALLATION: p.installation,
+        }
         return replace(spec, limits=limits, labels=labels)
 
     return Desired(

@@ -7,6 +7,11 @@ same name, port and credentials. Work is shared between provisioner replicas by 
 (`FOR UPDATE SKIP LOCKED`), as the monitor shares its probes. A repair that fails backs off
 (doubling up to `resync_max_backoff_s`), and after a few failures in a row the service shows
 `down` with the reason, so a crash-looping engine is neither hammered nor silent.
+
+Once a period it also collects the platform's own leftovers: containers and volumes of this
+installation (label `io.temps.installation`) whose service is gone or purged, and the loopback
+ports still reserved for purged services. Objects without this installation's label (another
+installation's, or made before the label existed) are never touched.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from uuid import UUID, uuid4
 
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.engines import ENGINES
 from temps_shared.engines.postgres import PostgresEngine
-from temps_shared.ids import container_name
+from temps_shared.ids import LABEL_INSTALLATION, LABEL_SERVICE_ID, container_name
 from temps_shared.messages import Role, ServiceFailed, ServiceStatus, ServiceStatusChanged
 from temps_shared.store.services import ServiceRecord, get_service
 
@@ -142,11 +148,53 @@ async def _announce_crash_loop(
     )
 
 
+async def collect_orphans(p: Provisioner) -> list[str]:
+    """Remove this installation's containers and volumes whose service is gone or purged, and
+    release the ports of purged services; the names of what was removed."""
+    containers, volumes = await p.runtime.labelled(f"{LABEL_INSTALLATION}={p.installation}")
+    owners = {c.labels.get(LABEL_SERVICE_ID, "") for c in containers}
+    owners |= {labels.get(LABEL_SERVICE_ID, "") for labels in volumes.values()}
+    ids = [UUID(o) for o in owners if _is_uuid(o)]
+    live = {
+        str(r["id"])
+        for r in await p.pool.fetch(
+            "SELECT id FROM services WHERE id = ANY($1::uuid[]) AND NOT purged", ids
+        )
+    }
+    removed = []
+    for container in containers:
+        if container.labels.get(LABEL_SERVICE_ID) not in live:
+            await p.runtime.remove(container.name)
+            removed.append(container.name)
+    for volume, labels in volumes.items():
+        if labels.get(LABEL_SERVICE_ID) not in live:
+            await p.runtime.remove_volume(volume)
+            removed.append(volume)
+    await p.pool.execute(
+        "DELETE FROM service_ports WHERE service_id IN (SELECT id FROM services WHERE purged)"
+    )
+    if removed:
+        log.warning("collected orphans of deleted services: %s", ", ".join(removed))
+    return removed
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 async def run_resync(p: Provisioner, stop: asyncio.Event) -> None:
-    """Claim due services and check them until `stop` is set."""
+    """Claim due services and check them, and collect orphans once a period, until `stop`."""
     settings = p.settings
+    next_collection = 0.0
     while not stop.is_set():
         try:
+            if time.monotonic() >= next_collection:
+                await collect_orphans(p)
+                next_collection = time.monotonic() + settings.resync_period_s
             await p.pool.execute(_ENROL, settings.resync_period_s)
             due = await p.pool.fetch(_CLAIM, settings.resync_batch, settings.resync_period_s)
             for row in due:

@@ -9,22 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import tarfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
+from opentelemetry import trace
 
 from temps_shared.ids import LABEL_MANAGED, LABEL_SERVICE_ID
 from temps_shared.resources import DockerLimits
 from temps_shared.runtime import container_limits
 
 LOOPBACK = "127.0.0.1"
+_tracer = trace.get_tracer("temps.docker")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _traced(
+    operation: str,
+) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+    """A client span `docker <operation>` around a DockerRuntime call made inside a trace (a
+    command's, a request's), naming its target (a container, a volume or a service id);
+    background polling outside any trace makes no span."""
+
+    def wrap(call: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+        @functools.wraps(call)
+        async def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            if not trace.get_current_span().get_span_context().is_valid:
+                return await call(*args, **kwargs)
+            target = args[1] if len(args) > 1 else None
+            name = getattr(target, "name", target)
+            attributes = {"docker.operation": operation}
+            if isinstance(name, str):
+                attributes["docker.target"] = name
+            with _tracer.start_as_current_span(
+                f"docker {operation}", kind=trace.SpanKind.CLIENT, attributes=attributes
+            ):
+                return await call(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 class ImageMissingError(Exception):
@@ -263,6 +296,11 @@ class DockerRuntime:
         found = self._client.volumes.list(filters={"label": f"{LABEL_SERVICE_ID}={service_id}"})
         return [v.name or "" for v in found]
 
+    def _labelled(self, label: str) -> tuple[list[ContainerState], dict[str, dict[str, str]]]:
+        containers = self._client.containers.list(all=True, filters={"label": label})
+        volumes = self._client.volumes.list(filters={"label": label})
+        return [_state(c) for c in containers], {v.name or "": v.attrs["Labels"] for v in volumes}
+
     def _file_exists(self, name: str, path: str) -> bool:
         try:
             self._client.containers.get(name).get_archive(path)
@@ -284,70 +322,93 @@ class DockerRuntime:
 
     # --- async API ----------------------------------------------------------------------------
 
+    @_traced("inspect")
     async def inspect(self, name: str) -> ContainerState | None:
         container = await asyncio.to_thread(self._get, name)
         return _state(container) if container is not None else None
 
+    @_traced("ensure_network")
     async def ensure_network(self) -> None:
         await asyncio.to_thread(self._ensure_network)
 
+    @_traced("create")
     async def create(self, spec: ContainerSpec) -> ContainerState:
         """Create the volume (if missing) and the container, with its files, not started."""
         return await asyncio.to_thread(self._create, spec)
 
+    @_traced("put_files")
     async def put_files(self, name: str, files: dict[str, bytes]) -> None:
         await asyncio.to_thread(self._put_files, name, files)
 
+    @_traced("start")
     async def start(self, name: str) -> ContainerState:
         return await asyncio.to_thread(self._start, name)
 
+    @_traced("stop")
     async def stop(self, name: str, timeout_s: int = 30) -> None:
         await asyncio.to_thread(self._stop, name, timeout_s)
 
+    @_traced("remove")
     async def remove(self, name: str) -> None:
         await asyncio.to_thread(self._remove, name)
 
+    @_traced("remove_volume")
     async def remove_volume(self, name: str) -> None:
         await asyncio.to_thread(self._remove_volume, name)
 
+    @_traced("volume_exists")
     async def volume_exists(self, name: str) -> bool:
         return await asyncio.to_thread(self._volume_exists, name)
 
+    @_traced("containers_of")
     async def containers_of(self, service_id: str) -> list[ContainerState]:
         """Every container labelled as the service's (primary and replicas, any state)."""
         return await asyncio.to_thread(self._containers_of, service_id)
 
+    @_traced("volumes_of")
     async def volumes_of(self, service_id: str) -> list[str]:
         return await asyncio.to_thread(self._volumes_of, service_id)
 
+    @_traced("labelled")
+    async def labelled(self, label: str) -> tuple[list[ContainerState], dict[str, dict[str, str]]]:
+        """Containers (any state) and volumes (name → labels) carrying `label` (`key=value`)."""
+        return await asyncio.to_thread(self._labelled, label)
+
+    @_traced("file_exists")
     async def file_exists(self, name: str, path: str) -> bool:
         """Whether `path` exists in the container (running or not), volumes included."""
         return await asyncio.to_thread(self._file_exists, name, path)
 
+    @_traced("exec_run")
     async def exec_run(self, name: str, argv: list[str], timeout_s: float = 150.0) -> ExecResult:
         """Run `argv` inside the running container `name`. Docker records the arguments
         (`docker inspect` of the exec): never pass a secret; put it in a file instead. The
         command should bound itself too: the timeout stops the wait, not the process."""
         return await asyncio.wait_for(asyncio.to_thread(self._exec_run, name, argv), timeout_s)
 
+    @_traced("host_info")
     async def host_info(self) -> dict[str, Any]:
         """This Docker host's CPUs and memory (what caps are judged against)."""
         info = await asyncio.to_thread(self._client.info)
         return {"cpus": int(info.get("NCPU", 0)), "memory_bytes": int(info.get("MemTotal", 0))}
 
+    @_traced("update_limits")
     async def update_limits(self, name: str, limits: DockerLimits) -> None:
         """Set caps live (running or stopped container); `LimitUpdateError` when Docker refuses.
         Docker 20.10 cannot lift a cap live: recreate the container for that."""
         await asyncio.to_thread(container_limits.update, self._client, name, limits)
 
+    @_traced("usage_sample")
     async def usage_sample(self, name: str) -> dict[str, Any]:
         """CPU and memory usage of a running container (about a second: two samples)."""
         return await asyncio.to_thread(container_limits.usage_sample, self._client, name)
 
+    @_traced("oom_kills_between")
     async def oom_kills_between(self, since: int, until: int) -> list[str]:
         return await asyncio.to_thread(
             container_limits.oom_kills_between, self._client, since, until
         )
 
+    @_traced("logs_tail")
     async def logs_tail(self, name: str, lines: int = 20) -> list[str]:
         return await asyncio.to_thread(self._logs_tail, name, lines)

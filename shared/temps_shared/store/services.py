@@ -161,6 +161,12 @@ async def finish_rotation(conn: Executor, service_id: UUID, previous_ciphertext:
     return bool(done)
 
 
+async def installation_id(pool: asyncpg.Pool) -> str:
+    """This control plane's id, made by the migrations (one row)."""
+    value: UUID = await pool.fetchval("SELECT id FROM installation")
+    return str(value)
+
+
 async def mark_purged(conn: Connection, service_id: UUID) -> None:
     await conn.execute(
         "UPDATE services SET purged = true, updated_at = now() WHERE id = $1", service_id
