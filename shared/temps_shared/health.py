@@ -33,6 +33,15 @@ class SlowQuery(_Frozen):
     mean_ms: float
 
 
+class ReplicaState(_Frozen):
+    """One read replica as the primary's pg_stat_replication shows it."""
+
+    member: str = Field(description="replica-<n>")
+    state: str = Field(description="streaming, catchup, startup… or disconnected (no sender)")
+    lag_bytes: int | None
+    lag_seconds: float
+
+
 class HealthMetrics(_Frozen):
     """`null` where the engine has no such figure (S3 connections, Redis storage allocation)
     or where the last check could not read it."""
@@ -42,6 +51,9 @@ class HealthMetrics(_Frozen):
     storage_allocated_bytes: int | None = None
     slow_queries: list[SlowQuery] | None = Field(
         None, description="PostgreSQL: top statements by mean time over the threshold."
+    )
+    replication: list[ReplicaState] | None = Field(
+        None, description="PostgreSQL: the read replicas, read from the primary at each check."
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
-from temps_cli.dotenv import quote, render
+from temps_cli.dotenv import docker_value, quote, render, render_docker
 
 PEM = (
     "-----BEGIN CERTIFICATE-----\n"
@@ -64,3 +64,27 @@ def test_python_dotenv_reads_the_exact_values() -> None:
     portable = {k: v for k, v in VARIABLES.items() if k != "QUOTE_AND_DOLLAR"}
     parsed = dotenv_values(stream=io.StringIO(render(portable)), interpolate=True)
     assert parsed == portable
+
+
+def test_docker_lines_keep_single_line_values_as_they_are() -> None:
+    # docker's --env-file reads the rest of the line literally: quoting would be kept as part of
+    # the value, so nothing is quoted or escaped.
+    single = {k: v for k, v in VARIABLES.items() if "\n" not in v}
+    assert render_docker(single) == "".join(f"{k}={single[k]}\n" for k in sorted(single))
+
+
+def test_docker_lines_escape_line_breaks_for_printf_b() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUX+/=\n-----END CERTIFICATE-----\n"
+    encoded = docker_value(pem)
+    assert "\n" not in encoded
+    assert render_docker({"TEMPS_CA_CERT": pem}).count("\n") == 1
+    decoded = subprocess.run(
+        ["sh", "-c", 'printf %b "$1"', "sh", encoded], check=True, capture_output=True, text=True
+    ).stdout
+    assert decoded == pem
+
+
+@pytest.mark.parametrize("value", ["a\r", "line\\1\nline2", "x\r\ny"])
+def test_docker_lines_refuse_what_would_not_round_trip(value: str) -> None:
+    with pytest.raises(ValueError, match="cannot be written"):
+        docker_value(value)

@@ -1,5 +1,5 @@
 """Health read models: the latest check, the check history (30 days by default), the latest
-WAL snapshot, and the status verdicts of the monitor.
+WAL snapshot, the status verdicts of the monitor, and the replicas' state each check reads.
 
 Applied by the projectors (projector.py): `HealthChecked` and `WalHealthRecorded` from the
 health stream, the monitor's `ServiceStatusChanged` from the event stream.
@@ -58,11 +58,28 @@ async def _checked(conn: Connection, event: HealthChecked, retention: timedelta)
         event.error,
         event.monitor,
     )
+    if event.metrics.replication is not None:
+        await _replication(conn, event)
     # Retention, one service at a time: an index range that is almost always empty.
     await conn.execute(
         "DELETE FROM service_health_history WHERE service_id = $1 AND checked_at < $2",
         event.service_id,
         event.checked_at - retention,
+    )
+
+
+async def _replication(conn: Connection, event: HealthChecked) -> None:
+    """The replicas' state as the primary saw it at this check replaces the figure the service
+    view shows (the reconcile's, read once when the replica had just started, or an older
+    check's): whichever was applied last is at most one monitor period old."""
+    assert event.metrics.replication is not None
+    await conn.execute(
+        "UPDATE service_status SET replication = $2 WHERE service_id = $1"
+        " AND NOT EXISTS (SELECT 1 FROM service_health h"
+        "   WHERE h.service_id = $1 AND h.checked_at > $3)",  # a late check changes nothing
+        event.service_id,
+        [r.model_dump(mode="json") for r in event.metrics.replication],
+        event.checked_at,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -13,12 +14,21 @@ from fastapi import FastAPI, Request, Response
 from opentelemetry import trace
 from temps_shared.bootstrap import bootstrap
 from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
+from temps_shared.metrics import (
+    CONTENT_TYPE,
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    exposition,
+    run_queue_sampler,
+)
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
 from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
 
+from temps_api.api_docs import install_api_docs
 from temps_api.audit import uvicorn_proxy_options
 from temps_api.auth import ensure_admin_token
 from temps_api.errors import document_errors, install_error_handlers
@@ -41,6 +51,7 @@ from temps_api.state import AppState
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("temps.api")
+OPENAPI_URL = "/api/openapi.json"
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -75,6 +86,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
                         name="health-projector",
                     )
                 )
+                background.append(
+                    asyncio.create_task(
+                        run_queue_sampler(
+                            js,
+                            [PROJECTOR_CONSUMER, HEALTH_PROJECTOR_CONSUMER],
+                            stop,
+                            settings.metrics_queue_sample_s,
+                        ),
+                        name="queue-depth",
+                    )
+                )
             yield
         finally:
             stop.set()
@@ -87,12 +109,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(
         title="Temps managed services",
         version="0.1.0",
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # served with local assets by install_api_docs
         redoc_url=None,
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_api_docs(app, OPENAPI_URL)
 
     @app.middleware("http")
     async def trace_requests(
@@ -104,9 +127,28 @@ def create_app(settings: ApiSettings) -> FastAPI:
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.url.path},
         ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
+            started, status = time.perf_counter(), 500
+            try:
+                response = await call_next(request)
+                status = response.status_code
+            finally:
+                # The route's template (`/api/external-services/{service_id}`), not the path:
+                # one series per route, whatever the ids.
+                template = getattr(request.scope.get("route"), "path", None)
+                route = template if isinstance(template, str) else "unmatched"
+                if template is not None:
+                    span.update_name(f"{request.method} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                labels = (request.method, route, str(status))
+                HTTP_REQUESTS.labels(*labels).inc()
+                HTTP_DURATION.labels(*labels).observe(time.perf_counter() - started)
             return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (no token: figures only, no secrets)."""
+        return Response(exposition(), media_type=CONTENT_TYPE)
 
     for module in (
         health,
@@ -136,6 +178,7 @@ def run() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        log_config=None,  # uvicorn's lines go through the root handler: JSON or text as ours
         # X-Forwarded-For only from TEMPS_API_TRUSTED_PROXIES (uvicorn alone trusts 127.0.0.1).
         **uvicorn_proxy_options(settings.api_trusted_proxies),
     )

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from temps_cli import dotenv, resolve
-from temps_cli.client import TempsClient
+from temps_cli.client import CliError, ExitCode, TempsClient
 from temps_cli.output import abbreviate_pem, api, note, print_json, print_table
 from temps_cli.projects import EnvOpt, ProjectOpt, ProjectRef
 from temps_cli.rewrite import loopback_map, rewrite_variables
@@ -21,7 +21,12 @@ from temps_cli.runner import execute, with_ca_files
 class Format(StrEnum):
     table = "table"
     dotenv = "dotenv"
+    docker = "docker"
     json = "json"
+
+
+# The file formats: written to be read back, so a masked secret in them would be a silent bug.
+FILE_FORMATS = {Format.dotenv: dotenv.render, Format.docker: dotenv.render_docker}
 
 
 def fetch(client: TempsClient, project_ref: str, environment: str, reveal: bool) -> dict[str, Any]:
@@ -53,14 +58,28 @@ def env(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """The variables a linked app gets (secrets masked unless --reveal)."""
+    """The variables a linked app gets (secrets masked unless --reveal).
+
+    --format dotenv: for a shell's `source`, dotenv libraries and Compose; --format docker: for
+    `docker run --env-file` (multi-line values with \\n escapes). Both need --reveal.
+    """
+    render = None if as_json else FILE_FORMATS.get(fmt)
+    if render is not None and not reveal:
+        raise CliError(
+            f"--format {fmt} writes the values a program will use: add --reveal (masked "
+            "secrets would be written as ********)",
+            ExitCode.INPUT,
+        )
     answer = fetch(api(), project, environment, reveal)
     variables: dict[str, str] = answer.get("variables") or {}
     warn_pending(answer)
     if as_json or fmt is Format.json:
         print_json(answer)
-    elif fmt is Format.dotenv:
-        sys.stdout.write(dotenv.render(variables))
+    elif render is not None:
+        try:
+            sys.stdout.write(render(variables))
+        except ValueError as exc:
+            raise CliError(str(exc), ExitCode.INPUT) from exc
     else:
         rows = [{"name": k, "value": abbreviate_pem(v)} for k, v in sorted(variables.items())]
         print_table(rows, ("name", "value"))

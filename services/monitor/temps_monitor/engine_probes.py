@@ -1,7 +1,8 @@
 """One probe per engine: liveness as the service's least-privilege identity, then its figures.
 
 - PostgreSQL: `SELECT 1` as the monitor role (`pg_monitor`, read-only by default), then
-  connections, storage (databases + pg_wal), slow statements and the WAL facts.
+  connections, storage (databases + pg_wal), slow statements, the WAL facts and the replicas'
+  state and lag (pg_stat_replication: fresher than the reconcile's figure).
 - Redis: `PING` and `INFO clients` as the monitor ACL user; storage = the volume's usage.
 - S3: `ListBuckets` with the admin key; storage = the volume's usage.
 
@@ -25,13 +26,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from temps_shared.engines import ServiceNotReadyError
+from temps_shared.engines import ServiceNotReadyError, postgres_replication
 from temps_shared.engines.base import Endpoints
 from temps_shared.engines.postgres import connect as postgres_connect
 from temps_shared.engines.postgres_monitoring import MONITOR_ROLE
 from temps_shared.engines.redis_acl import MONITOR_USER
 from temps_shared.engines.s3_buckets import endpoint_url, s3_client
-from temps_shared.health import SlowQuery
+from temps_shared.health import ReplicaState, SlowQuery
 
 from temps_monitor.context import Monitor
 from temps_monitor.wal_collection import collect_wal_facts
@@ -72,6 +73,7 @@ class ProbeOutcome:
     storage_used_bytes: int | None = None
     slow_queries: list[SlowQuery] | None = None
     wal: WalFacts | None = None
+    replication: list[ReplicaState] | None = None
     notes: list[str] = field(default_factory=list)  # figures that could not be read
 
 
@@ -141,6 +143,11 @@ async def _slow_queries(
     return listed[:limit]
 
 
+async def _replication(conn: asyncpg.Connection) -> list[ReplicaState]:
+    # The reconcile's own query: pg_monitor may read pg_stat_replication's state and LSNs.
+    return [ReplicaState.model_validate(r) for r in await postgres_replication.status(conn)]
+
+
 async def _postgres_figures(
     m: Monitor, conn: asyncpg.Connection, outcome: ProbeOutcome, budget: Budget
 ) -> None:
@@ -169,6 +176,8 @@ async def _postgres_figures(
         budget,
         _slow_queries(conn, settings.monitor_slow_query_ms, settings.monitor_slow_query_limit),
     )
+    # Last: the figures above keep the share of the budget they had before it was added.
+    outcome.replication = await _figure(outcome, "replication", budget, _replication(conn))
 
 
 async def probe_postgres(

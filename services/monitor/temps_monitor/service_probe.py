@@ -165,6 +165,7 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
             storage_used_bytes=outcome.storage_used_bytes,
             storage_allocated_bytes=allocated,
             slow_queries=outcome.slow_queries,
+            replication=outcome.replication,
         ),
         generation=service.generation,
         monitor=m.settings.monitor_instance_id,

@@ -190,8 +190,8 @@ def _client(
     )
 
 
-def _url(user: str, password: str, host: str, port: int) -> str:
-    return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/0"
+def _url(user: str, password: str, host: str, port: int, scheme: str = "redis") -> str:
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/0"
 
 
 async def _apply_settings(client: aioredis.Redis, parameters: RedisParameters) -> list[str]:
@@ -387,6 +387,14 @@ class RedisEngine:
         host, port = connection_info["host"], connection_info["port"]
         variables = {
             "REDIS_URL": _url(grant.username, grant.password, host, port),
+            # The TLS port: verify the server against TEMPS_CA_CERT (the installation CA).
+            "REDIS_TLS_URL": _url(
+                grant.username,
+                grant.password,
+                host,
+                connection_info.get("tls_port", TLS_PORT),
+                scheme="rediss",
+            ),
             "REDIS_HOST": host,
             "REDIS_PORT": str(port),
             "REDIS_USERNAME": grant.username,
