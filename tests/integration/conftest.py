@@ -108,6 +108,10 @@ def base_env(database_url: str, nats_url: str, data_dir: Path) -> dict[str, str]
         "TEMPS_LOCAL_PORT_RANGE": "{}-{}".format(*RUN_PORT_RANGE),
         "TEMPS_COMMAND_ACK_WAIT_S": "5",
         "TEMPS_LOG_LEVEL": "WARNING",
+        # Self-healing would undo the faults these tests make on purpose; test_resync.py and
+        # the fault suite turn it on.
+        "TEMPS_RESYNC_PERIOD_S": "3600",
+        "TEMPS_RESYNC_ON_DOWN": "false",
     }
 
 

@@ -30,7 +30,12 @@ async def platform(
 ) -> AsyncIterator[Platform]:
     """The conftest's platform with a short resync period (no monitor: the period alone)."""
     running = Platform(
-        {**base_env, "TEMPS_RESYNC_PERIOD_S": str(PERIOD_S), "TEMPS_RESYNC_POLL_S": "0.5"}
+        {
+            **base_env,
+            "TEMPS_RESYNC_PERIOD_S": str(PERIOD_S),
+            "TEMPS_RESYNC_POLL_S": "0.5",
+            "TEMPS_RESYNC_ON_DOWN": "true",
+        }
     )
     await running.start_api()
     await running.start_provisioner()

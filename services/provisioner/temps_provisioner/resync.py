@@ -38,7 +38,7 @@ CRASH_LOOP_AFTER = 3  # failed repairs in a row before the service shows the rea
 
 _ENROL = """
 INSERT INTO resync_schedule (service_id, next_at)
-SELECT id, now() + random() * $1 * interval '1 second' FROM services
+SELECT id, now() + (0.5 + random() * 0.5) * $1 * interval '1 second' FROM services
  WHERE desired_state = 'running' AND NOT purged
 ON CONFLICT (service_id) DO NOTHING
 """
@@ -55,7 +55,7 @@ UPDATE resync_schedule r
         WHERE s.desired_state = 'running' AND NOT s.purged AND d.not_before <= now()
           AND st.status IS DISTINCT FROM 'failed'  -- a failure waits for the user's retry
           AND (d.next_at <= now()
-               OR (st.status = 'down' AND st.status_reason LIKE 'the container is %'))
+               OR ($3 AND st.status = 'down' AND st.status_reason LIKE 'the container is %'))
         ORDER BY d.next_at
         LIMIT $1
           FOR UPDATE OF d SKIP LOCKED)
@@ -196,7 +196,9 @@ async def run_resync(p: Provisioner, stop: asyncio.Event) -> None:
                 await collect_orphans(p)
                 next_collection = time.monotonic() + settings.resync_period_s
             await p.pool.execute(_ENROL, settings.resync_period_s)
-            due = await p.pool.fetch(_CLAIM, settings.resync_batch, settings.resync_period_s)
+            due = await p.pool.fetch(
+                _CLAIM, settings.resync_batch, settings.resync_period_s, settings.resync_on_down
+            )
             for row in due:
                 if stop.is_set():
                     break

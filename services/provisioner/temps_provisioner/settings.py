@@ -19,6 +19,11 @@ class ProvisionerSettings(TempsSettings):
         2.0, gt=0, description="How often due checks (and the monitor's `down`) are looked for."
     )
     resync_batch: int = Field(20, ge=1, description="Services checked per pass by a replica.")
+    resync_on_down: bool = Field(
+        True,
+        description="Check a service at once when the monitor reports a container missing or "
+        "exited (tests that break containers on purpose turn it off).",
+    )
     resync_max_backoff_s: float = Field(
         300.0, gt=0, description="Longest wait between failed repairs of one service."
     )
