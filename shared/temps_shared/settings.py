@@ -75,6 +75,17 @@ class TempsSettings(BaseSettings):
         ),
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    metrics_port: int | None = Field(
+        None,
+        description=(
+            "Workers (provisioner, monitor): serve Prometheus metrics at /metrics on this port; "
+            "unset, none are served. The API serves /metrics on its own port."
+        ),
+    )
+    metrics_host: str = Field("127.0.0.1", description="Where a worker's metrics port listens.")
+    metrics_queue_sample_s: float = Field(
+        15.0, gt=0, description="How often each process samples its consumers' queue depth."
+    )
 
     def database_dsn(self) -> str:
         """The control-plane DSN, with the password of `database_password_file` when set."""

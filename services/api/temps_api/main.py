@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -13,8 +14,16 @@ from fastapi import FastAPI, Request, Response
 from opentelemetry import trace
 from temps_shared.bootstrap import bootstrap
 from temps_shared.bus.connect import connect_nats
+from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
+from temps_shared.metrics import (
+    CONTENT_TYPE,
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    exposition,
+    run_queue_sampler,
+)
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
 from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
@@ -77,6 +86,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
                         name="health-projector",
                     )
                 )
+                background.append(
+                    asyncio.create_task(
+                        run_queue_sampler(
+                            js,
+                            [PROJECTOR_CONSUMER, HEALTH_PROJECTOR_CONSUMER],
+                            stop,
+                            settings.metrics_queue_sample_s,
+                        ),
+                        name="queue-depth",
+                    )
+                )
             yield
         finally:
             stop.set()
@@ -107,9 +127,28 @@ def create_app(settings: ApiSettings) -> FastAPI:
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.url.path},
         ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
+            started, status = time.perf_counter(), 500
+            try:
+                response = await call_next(request)
+                status = response.status_code
+            finally:
+                # The route's template (`/api/external-services/{service_id}`), not the path:
+                # one series per route, whatever the ids.
+                template = getattr(request.scope.get("route"), "path", None)
+                route = template if isinstance(template, str) else "unmatched"
+                if template is not None:
+                    span.update_name(f"{request.method} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                labels = (request.method, route, str(status))
+                HTTP_REQUESTS.labels(*labels).inc()
+                HTTP_DURATION.labels(*labels).observe(time.perf_counter() - started)
             return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (no token: figures only, no secrets)."""
+        return Response(exposition(), media_type=CONTENT_TYPE)
 
     for module in (
         health,
@@ -139,6 +178,7 @@ def run() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        log_config=None,  # uvicorn's lines go through the root handler: JSON or text as ours
         # X-Forwarded-For only from TEMPS_API_TRUSTED_PROXIES (uvicorn alone trusts 127.0.0.1).
         **uvicorn_proxy_options(settings.api_trusted_proxies),
     )

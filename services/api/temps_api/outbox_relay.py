@@ -12,10 +12,14 @@ import logging
 
 import asyncpg
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from temps_shared.bus.publish import publish_raw
+from temps_shared.metrics import OUTBOX_PUBLISHED
 from temps_shared.store import outbox
+from temps_shared.telemetry import context_from_headers, current_trace_headers
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("temps.outbox")
 BATCH = 100
 RELAY_LOCK_KEY = 0x7E3F5_0002
 
@@ -28,14 +32,26 @@ async def relay_batch(pool: asyncpg.Pool, js: JetStreamContext) -> int:
             return 0
         rows = await outbox.claim_unpublished(conn, BATCH)
         for row in rows:
-            await publish_raw(
-                js,
-                row.subject,
-                row.payload,
-                msg_id=row.msg_id,
-                message_type=row.message_type,
-                headers=row.headers,
-            )
+            # In the trace of the request that wrote the row; the consumer's span follows this.
+            with tracer.start_as_current_span(
+                f"publish {row.message_type}",
+                context=context_from_headers(row.headers),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": row.subject,
+                    "messaging.message.id": row.msg_id,
+                },
+            ):
+                await publish_raw(
+                    js,
+                    row.subject,
+                    row.payload,
+                    msg_id=row.msg_id,
+                    message_type=row.message_type,
+                    headers={**row.headers, **current_trace_headers()},
+                )
+            OUTBOX_PUBLISHED.labels(row.message_type).inc()
         if rows:
             await outbox.mark_published(conn, [r.id for r in rows])
     return len(rows)

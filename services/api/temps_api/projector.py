@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import asyncpg
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from temps_shared.bus.consume import Delivery, consume, contract_message
 from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.messages import (
@@ -39,6 +40,7 @@ from temps_api.health_projection import (
 )
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("temps.projector")
 PROJECTION = "service_status"
 
 # What the status becomes when the user asks for an operation (stop waits for the worker).
@@ -163,6 +165,25 @@ async def project(
     apply: Callable[[Connection, Event], Awaitable[None]] = apply_event,
 ) -> None:
     event = contract_message(delivery, Event)
+    # Inside the consumer's span, which continues the event's `traceparent`.
+    with tracer.start_as_current_span(
+        f"project {event.type_name()}",
+        attributes={
+            "temps.projection": projection,
+            "temps.service_id": str(event.service_id),
+            "messaging.message.id": str(event.message_id),
+        },
+    ):
+        await _project(pool, delivery, event, projection, apply)
+
+
+async def _project(
+    pool: asyncpg.Pool,
+    delivery: Delivery,
+    event: Event,
+    projection: str,
+    apply: Callable[[Connection, Event], Awaitable[None]],
+) -> None:
     async with pool.acquire() as conn, conn.transaction():
         last = await conn.fetchval(
             "SELECT last_seq FROM projector_offsets WHERE projection = $1 FOR UPDATE", projection

@@ -10,7 +10,9 @@ import logging
 import time
 from uuid import UUID
 
-from temps_monitor import schedule
+from temps_shared.telemetry import log_context
+
+from temps_monitor import probe_metrics, schedule
 from temps_monitor.context import Monitor
 from temps_monitor.service_probe import probe_service
 
@@ -20,11 +22,20 @@ ERROR_PAUSE_S = 1.0
 
 
 async def guarded_probe(m: Monitor, service_id: UUID) -> None:
-    try:
-        await probe_service(m, service_id)
-    except Exception:
-        # The next period probes it again; the failure must not take the loop down.
-        log.exception("probing %s failed", service_id, extra={"service_id": str(service_id)})
+    started = time.perf_counter()
+    with log_context(service_id=str(service_id)):
+        checked, failed = None, False
+        try:
+            checked = await probe_service(m, service_id)
+        except Exception:
+            # The next period probes it again; the failure must not take the loop down.
+            log.exception("probing %s failed", service_id)
+            failed = True
+        try:
+            elapsed = time.perf_counter() - started
+            await probe_metrics.record_probe(m, service_id, checked, elapsed, failed=failed)
+        except Exception:
+            log.exception("recording the metrics of the probe of %s failed", service_id)
 
 
 async def _idle(m: Monitor, stop: asyncio.Event) -> None:

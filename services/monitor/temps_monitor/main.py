@@ -12,6 +12,7 @@ from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import MONITOR_CONSUMER
 from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
+from temps_shared.metrics import instrumented, run_queue_sampler, start_metrics_server
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.migrations import apply_migrations
@@ -36,6 +37,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     )
     docker_client = docker.from_env()
     s3_executor = ThreadPoolExecutor(settings.monitor_concurrency, thread_name_prefix="s3-probe")
+    metrics = start_metrics_server(settings.metrics_host, settings.metrics_port)
     try:
         await apply_migrations(pool)
         monitor = Monitor(
@@ -48,25 +50,35 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
             s3_executor=s3_executor,
         )
         cycles = asyncio.create_task(run_cycles(monitor, stop), name="monitor-cycles")
+        queue = asyncio.create_task(
+            run_queue_sampler(
+                monitor.js, [MONITOR_CONSUMER], stop, settings.metrics_queue_sample_s
+            ),
+            name="queue-depth",
+        )
         try:
             await consume(
                 monitor.js,
                 MONITOR_CONSUMER,
-                make_handler(monitor),
+                instrumented("monitor", make_handler(monitor)),
                 stop=stop,
                 concurrency=settings.monitor_concurrency,
             )
         finally:
             if not stop.is_set():  # the consumer failed: do not leave the loop behind
                 cycles.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cycles
+            queue.cancel()
+            for task in (cycles, queue):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()
         await pool.close()
         docker_client.close()
         s3_executor.shutdown(wait=False, cancel_futures=True)
+        if metrics is not None:
+            metrics.close()
 
 
 def run() -> None:
