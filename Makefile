@@ -28,6 +28,7 @@ format: prepare
 	$(BIN)/ruff format .
 
 test: images   ## lint, then every test tier: unit, integration, e2e
+	deploy/prepare-tests.sh
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-unit test-integration test-e2e
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ async def test_create_with_a_bad_name_exits_2_with_the_apis_message(
     assert err == f"error: {refused.json()['error']['message']}\n"
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed on this host")
 async def test_run_psql_on_the_host_through_a_link(platform: Any) -> None:
     service, project = f"{P}clidb", f"{P}cli-a"
     code, out, err = await temps(

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,6 @@ async def test_events_follow_shows_a_creates_steps_in_order(
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  ", lines[0]), lines[0]
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed on this host")
 async def test_connect_runs_one_statement_on_postgres(
     platform: Any, api: httpx.AsyncClient
 ) -> None:

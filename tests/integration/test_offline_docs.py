@@ -1,8 +1,8 @@
 """Swagger UI and ReDoc load everything from the API itself (issue 18): on a host with no
 Internet access they must not stay blank for want of a CDN.
 
-The asset check is the acceptance; when Debian's `chromium` is installed, a headless browser
-that can resolve no name but the loopback also renders /api/docs.
+The asset check is the acceptance; a headless browser (Debian's `chromium`, installed by
+`deploy/prepare-tests.sh`) that can resolve no name but the loopback also renders /api/docs.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ async def test_docs_pages_name_only_local_assets(platform: Platform, page: str) 
                 assert len(answer.content) > 500, url
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 async def test_swagger_ui_renders_without_network(platform: Platform) -> None:
     # Every name but 127.0.0.1 fails to resolve: a CDN reference would leave the page blank.
     command = [
