@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
-from opentelemetry import trace
 from temps_shared.bus.consume import Delivery, TerminalError, contract_message
 from temps_shared.bus.publish import publish_event
 from temps_shared.messages import Command, ReconcileService, Role, ServiceFailed
-from temps_shared.metrics import RECONCILES, instrumented
+from temps_shared.metrics import instrumented
 
 from temps_provisioner.context import Provisioner
 from temps_provisioner.reconcile import reconcile
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("temps.provisioner")
 
 
 async def handle_reconcile(p: Provisioner, command: ReconcileService) -> None:
@@ -27,19 +24,7 @@ async def handle_reconcile(p: Provisioner, command: ReconcileService) -> None:
         command.reason,
         extra={"service_id": str(command.service_id), "message_id": str(command.message_id)},
     )
-    started, outcome = time.perf_counter(), "error"
-    with tracer.start_as_current_span(
-        "reconcile",
-        attributes={
-            "temps.service_id": str(command.service_id),
-            "temps.generation": command.generation,
-        },
-    ):
-        try:
-            await reconcile(p, command.service_id, cause=str(command.message_id))
-            outcome = "ok"
-        finally:
-            RECONCILES.labels(outcome).observe(time.perf_counter() - started)
+    await reconcile(p, command.service_id, cause=str(command.message_id))
 
 
 HANDLERS: dict[str, Callable[[Provisioner, Command], Awaitable[None]]] = {

@@ -8,9 +8,11 @@ same result and a crash mid-way is repaired by the next delivery.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from uuid import UUID
 
+from opentelemetry import trace
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
@@ -28,6 +30,7 @@ from temps_shared.messages import (
     ServiceStatus,
     ServiceStatusChanged,
 )
+from temps_shared.metrics import RECONCILES
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerSpec
 from temps_shared.store import ports
@@ -46,10 +49,24 @@ from temps_provisioner.service_lock import service_lock
 from temps_provisioner.steps import PRIMARY, Steps
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("temps.provisioner")
 
 
 async def reconcile(p: Provisioner, service_id: UUID, cause: str) -> None:
-    """Converge `service_id`; `cause` (the command id) de-duplicates re-emitted events."""
+    """Converge `service_id`; `cause` (the command id, or `resync:<id>`) de-duplicates
+    re-emitted events. Traced and timed whoever asked (a command, the resync)."""
+    started, outcome = time.perf_counter(), "error"
+    with tracer.start_as_current_span(
+        "reconcile", attributes={"temps.service_id": str(service_id), "temps.cause": cause}
+    ):
+        try:
+            await _reconcile(p, service_id, cause)
+            outcome = "ok"
+        finally:
+            RECONCILES.labels(outcome).observe(time.perf_counter() - started)
+
+
+async def _reconcile(p: Provisioner, service_id: UUID, cause: str) -> None:
     async with service_lock(p.pool, service_id):
         service = await get_service(p.pool, service_id)
         if service is None:
