@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
-from temps_shared.bus.consume import Delivery, TerminalError, contract_message
+from temps_shared.bus.consume import Handler
 from temps_shared.messages import Command, ProbeNow
+from temps_shared.worker import CommandHandler, dispatcher
 
 from temps_monitor import schedule
 from temps_monitor.context import Monitor
@@ -30,17 +30,10 @@ async def handle_probe_now(m: Monitor, command: ProbeNow) -> None:
     await probe_service(m, command.service_id)
 
 
-HANDLERS: dict[str, Callable[[Monitor, Command], Awaitable[None]]] = {
-    ProbeNow.type_name(): handle_probe_now,  # type: ignore[dict-item]
+HANDLERS: dict[type[Command], CommandHandler[Monitor]] = {
+    ProbeNow: handle_probe_now,
 }
 
 
-def make_handler(m: Monitor) -> Callable[[Delivery], Awaitable[None]]:
-    async def handle(delivery: Delivery) -> None:
-        command = contract_message(delivery, Command)
-        handler = HANDLERS.get(command.type_name())
-        if handler is None:
-            raise TerminalError(f"the monitor has no handler for {command.type_name()}")
-        await handler(m, command)
-
-    return handle
+def make_handler(m: Monitor) -> Handler:
+    return dispatcher("monitor", m, HANDLERS)

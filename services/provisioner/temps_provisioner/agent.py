@@ -18,13 +18,13 @@ from temps_shared.messages import AgentReply, AgentRequest, Role, agent_subject
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerState
 from temps_shared.runtime.container_limits import LimitUpdateError
+from temps_shared.service_lock import service_lock
 from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_provisioner.context import Provisioner
 from temps_provisioner.members import converge
 from temps_provisioner.oom_watch import oom_kill_counts
 from temps_provisioner.reconcile import desired_state
-from temps_provisioner.service_lock import service_lock
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 60.0  # a caps change waits for a running reconcile of the same service

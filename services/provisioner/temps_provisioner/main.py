@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import docker
+from nats.aio.client import Client
 from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import provisioner_consumer
 from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
-from temps_shared.metrics import run_queue_sampler, start_metrics_server
+from temps_shared.metrics import run_queue_sampler
 from temps_shared.runtime import DockerRuntime
 from temps_shared.store.certificate_authority import ensure_installation_ca
-from temps_shared.store.migrations import apply_migrations
-from temps_shared.store.pool import create_pool
 from temps_shared.store.services import installation_id
+from temps_shared.worker import worker_clients
 from temps_shared.worker_process import run_worker
 
 from temps_provisioner.agent import serve_agent
@@ -31,63 +30,59 @@ from temps_provisioner.storage_jobs import run_s3_jobs
 async def serve(settings: ProvisionerSettings, stop: asyncio.Event) -> None:
     """Consume provisioner commands until `stop` is set, then drain."""
     keyring = KeyRing.from_data_dir(settings.data_dir)
-    pool = await create_pool(settings.database_dsn(), max_size=settings.concurrency * 2 + 2)
-    nc = await connect_nats(
-        settings.nats_url,
-        Role.PROVISIONER,
-        settings.data_dir,
-        name=f"temps-provisioner-{settings.node_id}",
-    )
     # The host agent answers on its own connection, as its own role: a provisioner's
     # credentials cannot call it.
     agent_nc = await connect_nats(
         settings.nats_url, Role.AGENT, settings.data_dir, name=f"temps-agent-{settings.node_id}"
     )
-    docker_client = docker.from_env()
-    metrics = start_metrics_server(settings.metrics_host, settings.metrics_port)
     try:
-        await apply_migrations(pool)
-        provisioner = Provisioner(
-            pool=pool,
-            js=nc.jetstream(),
-            runtime=DockerRuntime(docker_client, settings.docker_network),
-            keyring=keyring,
-            ca=await ensure_installation_ca(pool, keyring, settings.data_dir),
-            settings=settings,
-            installation=await installation_id(pool),
-        )
-        jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
-        agent = await serve_agent(provisioner, agent_nc)
-        oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
-        resync = asyncio.create_task(run_resync(provisioner, stop), name="resync")
-        commands = provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver)
-        queue = asyncio.create_task(
-            run_queue_sampler(provisioner.js, [commands], stop, settings.metrics_queue_sample_s),
-            name="queue-depth",
-        )
-        try:
-            await consume(
-                provisioner.js,
-                commands,
-                make_handler(provisioner),
-                stop=stop,
-                on_terminal=make_on_terminal(provisioner),
-                concurrency=settings.concurrency,
+        async with worker_clients(
+            settings,
+            Role.PROVISIONER,
+            f"temps-provisioner-{settings.node_id}",
+            pool_size=settings.concurrency * 2 + 2,
+        ) as clients:
+            provisioner = Provisioner(
+                pool=clients.pool,
+                js=clients.js,
+                runtime=DockerRuntime(clients.docker, settings.docker_network),
+                keyring=keyring,
+                ca=await ensure_installation_ca(clients.pool, keyring, settings.data_dir),
+                settings=settings,
+                installation=await installation_id(clients.pool),
             )
-        finally:
-            await agent.unsubscribe()
-            for task in (jobs, oom_watch, resync, queue):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _consume(provisioner, agent_nc, stop)
     finally:
-        for connection in (agent_nc, nc):
-            with contextlib.suppress(Exception):
-                await connection.drain()
-        await pool.close()
-        docker_client.close()
-        if metrics is not None:
-            metrics.close()
+        with contextlib.suppress(Exception):
+            await agent_nc.drain()
+
+
+async def _consume(provisioner: Provisioner, agent_nc: Client, stop: asyncio.Event) -> None:
+    settings = provisioner.settings
+    jobs = asyncio.create_task(run_s3_jobs(provisioner, stop), name="s3-jobs")
+    agent = await serve_agent(provisioner, agent_nc)
+    oom_watch = asyncio.create_task(watch_oom_kills(provisioner, stop), name="oom-watch")
+    resync = asyncio.create_task(run_resync(provisioner, stop), name="resync")
+    commands = provisioner_consumer(settings.command_ack_wait_s, settings.command_max_deliver)
+    queue = asyncio.create_task(
+        run_queue_sampler(provisioner.js, [commands], stop, settings.metrics_queue_sample_s),
+        name="queue-depth",
+    )
+    try:
+        await consume(
+            provisioner.js,
+            commands,
+            make_handler(provisioner),
+            stop=stop,
+            on_terminal=make_on_terminal(provisioner),
+            concurrency=settings.concurrency,
+        )
+    finally:
+        await agent.unsubscribe()
+        for task in (jobs, oom_watch, resync, queue):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def run() -> None:

@@ -33,6 +33,7 @@ from temps_shared.messages import (
 from temps_shared.metrics import RECONCILES
 from temps_shared.resources import ResourceLimits
 from temps_shared.runtime import ContainerSpec
+from temps_shared.service_lock import service_lock
 from temps_shared.store import ports
 from temps_shared.store.links import links_of_service
 from temps_shared.store.services import (
@@ -45,7 +46,6 @@ from temps_shared.tls import ServerCertificate, issue_server_certificate
 
 from temps_provisioner.context import Provisioner
 from temps_provisioner.members import converge, drift_of, wait_ready
-from temps_provisioner.service_lock import service_lock
 from temps_provisioner.steps import PRIMARY, Steps
 
 log = logging.getLogger(__name__)

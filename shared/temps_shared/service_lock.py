@@ -1,4 +1,5 @@
-"""At most one operation per service at a time, across every provisioner replica."""
+"""At most one operation per service at a time, across every worker replica (the provisioner
+recreating a container and the backup worker dumping it never overlap)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from uuid import UUID
 
 import asyncpg
+
 from temps_shared.bus.consume import RetryableError
 
 
