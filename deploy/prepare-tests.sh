@@ -9,6 +9,8 @@ set -euo pipefail
 missing=()
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# Backups are checked with the `age` a user would decrypt them with (Debian's).
+command -v age >/dev/null 2>&1 || missing+=(age)
 if ((${#missing[@]})); then
   [[ $(id -u) == 0 ]] || die "the tests need ${missing[*]}: install them (as root: apt-get install ${missing[*]})"
   apt_install "${missing[@]}"

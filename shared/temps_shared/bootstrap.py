@@ -6,6 +6,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from temps_shared.bus.topology import (
+    BACKUP_CONSUMER,
     HEALTH_PROJECTOR_CONSUMER,
     MONITOR_CONSUMER,
     PROJECTOR_CONSUMER,
@@ -25,5 +26,6 @@ async def bootstrap(pool: asyncpg.Pool, js: JetStreamContext, settings: TempsSet
             PROJECTOR_CONSUMER,
             HEALTH_PROJECTOR_CONSUMER,
             MONITOR_CONSUMER,
+            BACKUP_CONSUMER,
         ],
     )

@@ -27,6 +27,7 @@ class Role(StrEnum):
     PROVISIONER = "provisioner"
     MONITOR = "monitor"
     AGENT = "agent"  # the host agent: answers temps.rpc.<node>.<verb>, publishes nothing
+    BACKUP = "backup"  # the backup worker: runs RunBackup / RestoreBackup
 
 
 class ServiceStatus(StrEnum):
@@ -108,6 +109,30 @@ class ProbeNow(Command):
 
     service_id: UUID
     reason: str = ""
+
+
+class RunBackup(Command):
+    """Back up a service now into the installation's backup store, as `backup_id`."""
+
+    worker: ClassVar[str] = "backup"
+    verb: ClassVar[str] = "run"
+    publishers = frozenset({Role.API})
+
+    service_id: UUID
+    backup_id: UUID
+    kind: str = "logical"  # a physical (pgBackRest) backup will be one more kind
+
+
+class RestoreBackup(Command):
+    """Restore a completed backup into its own service, in place."""
+
+    worker: ClassVar[str] = "backup"
+    verb: ClassVar[str] = "restore"
+    publishers = frozenset({Role.API})
+
+    service_id: UUID
+    backup_id: UUID
+    restore_id: UUID
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -272,6 +297,39 @@ class WalHealthRecorded(HealthEvent):
     snapshot: PostgresWalHealth
 
 
+class BackupEvent(Event):
+    publishers = frozenset({Role.BACKUP})
+
+    backup_id: UUID
+
+
+class BackupStarted(BackupEvent):
+    kind: str
+    location: str  # the backup's folder in the store (`external_services/…/<backup id>/`)
+
+
+class BackupProgress(BackupEvent):
+    bytes_done: int = Field(ge=0)  # stored bytes so far (compressed and encrypted)
+
+
+class BackupCompleted(BackupEvent):
+    size_bytes: int = Field(ge=0)  # every artifact, as stored
+    artifacts: int = Field(ge=0)
+
+
+class BackupFailed(BackupEvent):
+    reason: str
+
+
+class RestoreCompleted(BackupEvent):
+    restore_id: UUID
+
+
+class RestoreFailed(BackupEvent):
+    restore_id: UUID
+    reason: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
@@ -288,10 +346,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CredentialsRotated,
         HealthChecked,
         WalHealthRecorded,
+        BackupStarted,
+        BackupProgress,
+        BackupCompleted,
+        BackupFailed,
+        RestoreCompleted,
+        RestoreFailed,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
-    cls.type_name(): cls for cls in (ReconcileService, ProbeNow)
+    cls.type_name(): cls for cls in (ReconcileService, ProbeNow, RunBackup, RestoreBackup)
 }
 
 

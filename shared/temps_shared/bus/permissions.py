@@ -14,6 +14,7 @@ from typing import Any
 
 from temps_shared.bus.envelope import MESSAGE_TYPES
 from temps_shared.bus.topology import (
+    BACKUP_CONSUMER,
     COMMANDS_STREAM,
     EVENTS_STREAM,
     HEALTH_PROJECTOR_CONSUMER,
@@ -37,6 +38,7 @@ def _bound_consumers(role: Role) -> list[tuple[str, str]]:
     bound = {
         Role.API: [PROJECTOR_CONSUMER, HEALTH_PROJECTOR_CONSUMER],
         Role.MONITOR: [MONITOR_CONSUMER],
+        Role.BACKUP: [BACKUP_CONSUMER],
     }
     pairs = [(spec.stream, spec.durable) for spec in bound.get(role, [])]
     if role is Role.PROVISIONER:

@@ -90,6 +90,17 @@ MONITOR_CONSUMER = ConsumerSpec(
     max_ack_pending=64,
 )
 
+# RunBackup / RestoreBackup; any backup worker replica takes one. A long dump heartbeats
+# (`in_progress`), so the ack wait only bounds how soon a dead worker's command comes back.
+BACKUP_CONSUMER = ConsumerSpec(
+    stream=COMMANDS_STREAM,
+    durable="backup",
+    filter_subject="temps.cmd.backup.>",
+    ack_wait_s=30.0,
+    max_deliver=5,
+    max_ack_pending=64,
+)
+
 # Health observations, one at a time, their stream sequence recorded with the read model.
 HEALTH_PROJECTOR_CONSUMER = ConsumerSpec(
     stream=HEALTH_STREAM,

@@ -1,0 +1,3 @@
+from temps_backup.main import run
+
+run()

@@ -1,0 +1,102 @@
+"""The S3 bucket backups go into: artifacts streamed up through a pipe (multipart, bounded
+parts), read back to a local spool file, manifests as JSON. Blocking (boto3): call from a
+worker thread."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from temps_backup.settings import BackupSettings
+
+T = TypeVar("T")
+PART_BYTES = 8 * 1024 * 1024
+# Multipart parts in flight: the upload's memory is about this many parts.
+TRANSFER = TransferConfig(
+    multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=2
+)
+
+
+class StoreError(Exception):
+    """The store refused or failed an operation; the message says which and why."""
+
+
+class BackupStore:
+    def __init__(self, settings: BackupSettings) -> None:
+        self.bucket = settings.backup_bucket
+        self._s3: Any = boto3.client(
+            "s3",
+            endpoint_url=settings.backup_store_endpoint,
+            region_name=settings.backup_store_region,
+            aws_access_key_id=settings.backup_store_access_key,
+            aws_secret_access_key=settings.backup_store_secret_key.get_secret_value(),
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._s3.create_bucket(Bucket=self.bucket)
+
+    def upload(self, key: str, produce: Callable[[BinaryIO], T]) -> T:
+        """Stream what `produce(sink)` writes into `key`; returns what `produce` returns."""
+        read_fd, write_fd = os.pipe()
+        reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                self._s3.upload_fileobj(reader, self.bucket, key, Config=TRANSFER)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                reader.close()
+
+        sender = threading.Thread(target=send, name=f"upload {key}", daemon=True)
+        sender.start()
+        try:
+            result = produce(writer)
+        except BrokenPipeError:
+            result = None  # the upload stopped reading: its error says why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                writer.close()
+            sender.join()
+        if failure:
+            raise StoreError(f"upload of {key} failed: {failure[0]}") from failure[0]
+        assert result is not None
+        return result
+
+    def put_json(self, key: str, document: dict[str, Any]) -> None:
+        body = json.dumps(document, indent=2, sort_keys=True).encode()
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
+    def get_json(self, key: str) -> dict[str, Any]:
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
+        document: dict[str, Any] = json.loads(body)
+        return document
+
+    def download(self, key: str, sink: BinaryIO) -> None:
+        try:
+            self._s3.download_fileobj(self.bucket, key, sink, Config=TRANSFER)
+        except ClientError as exc:
+            raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc

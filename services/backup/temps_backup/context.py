@@ -1,0 +1,27 @@
+"""What every backup and restore needs, wired once by the worker's startup function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import docker
+from nats.js import JetStreamContext
+from temps_shared.crypto import KeyRing
+from temps_shared.runtime import DockerRuntime
+
+from temps_backup.backup_store import BackupStore
+from temps_backup.settings import BackupSettings
+
+
+@dataclass(frozen=True)
+class BackupWorker:
+    pool: asyncpg.Pool
+    js: JetStreamContext
+    runtime: DockerRuntime
+    docker: docker.DockerClient  # used only through temps_shared.runtime.container_io
+    keyring: KeyRing
+    identity: str  # the installation's age identity (from the master key)
+    recipient: str  # its public half: every artifact is encrypted to it
+    store: BackupStore
+    settings: BackupSettings

@@ -1,0 +1,26 @@
+"""One handler per command type, registered explicitly."""
+
+from __future__ import annotations
+
+from temps_shared.bus.consume import Handler, OnTerminal
+from temps_shared.messages import Command, RestoreBackup, RunBackup
+from temps_shared.worker import CommandHandler, dispatcher, terminal_announcer
+
+from temps_backup.context import BackupWorker
+from temps_backup.restore_backup import announce_restore_failure, handle_restore_backup
+from temps_backup.run_backup import announce_backup_failure, handle_run_backup
+
+HANDLERS: dict[type[Command], CommandHandler[BackupWorker]] = {
+    RunBackup: handle_run_backup,
+    RestoreBackup: handle_restore_backup,
+}
+
+
+def make_handler(w: BackupWorker) -> Handler:
+    return dispatcher("backup", w, HANDLERS)
+
+
+def make_on_terminal(w: BackupWorker) -> OnTerminal:
+    return terminal_announcer(
+        w, {RunBackup: announce_backup_failure, RestoreBackup: announce_restore_failure}
+    )

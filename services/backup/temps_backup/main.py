@@ -1,0 +1,67 @@
+"""Startup: the one function that owns the backup worker's I/O clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyrage
+from temps_shared.backup_identity import backup_identity
+from temps_shared.bus.consume import consume
+from temps_shared.bus.topology import BACKUP_CONSUMER
+from temps_shared.crypto import KeyRing, load_or_create_master_key
+from temps_shared.messages import Role
+from temps_shared.runtime import DockerRuntime
+from temps_shared.worker import worker_clients
+from temps_shared.worker_process import run_worker
+
+from temps_backup.backup_store import BackupStore
+from temps_backup.context import BackupWorker
+from temps_backup.handlers import make_handler, make_on_terminal
+from temps_backup.settings import BackupSettings
+
+
+async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
+    """Run backups and restores until `stop` is set, then drain."""
+    master_key = load_or_create_master_key(settings.data_dir)
+    identity = backup_identity(master_key)
+    store = BackupStore(settings)
+    await asyncio.to_thread(store.ensure_bucket)
+    async with worker_clients(
+        settings,
+        Role.BACKUP,
+        f"temps-backup-{settings.node_id}",
+        pool_size=settings.backup_concurrency * 2 + 2,
+    ) as clients:
+        worker = BackupWorker(
+            pool=clients.pool,
+            js=clients.js,
+            runtime=DockerRuntime(clients.docker, settings.docker_network),
+            docker=clients.docker,
+            keyring=KeyRing(master_key),
+            identity=identity,
+            recipient=str(pyrage.x25519.Identity.from_str(identity).to_public()),
+            store=store,
+            settings=settings,
+        )
+        await consume(
+            worker.js,
+            BACKUP_CONSUMER,
+            make_handler(worker),
+            stop=stop,
+            on_terminal=make_on_terminal(worker),
+            concurrency=settings.backup_concurrency,
+        )
+
+
+def run() -> None:
+    settings = BackupSettings()
+    run_worker(
+        "temps-backup",
+        settings,
+        lambda stop: serve(settings, stop),
+        threads=settings.backup_concurrency * 4 + 4,
+    )
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,170 @@
+"""One backup: every artifact of the engine streamed from the container, compressed, encrypted
+and uploaded; the manifest last; progress announced meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from temps_shared.bus.consume import TerminalError
+from temps_shared.bus.publish import publish_event
+from temps_shared.messages import (
+    BackupCompleted,
+    BackupFailed,
+    BackupProgress,
+    BackupStarted,
+    Role,
+    RunBackup,
+    utcnow,
+)
+from temps_shared.runtime.container_io import ExecFailed, exec_output
+from temps_shared.service_lock import service_lock
+
+from temps_backup import layout
+from temps_backup.artifact_codec import EncodedSize, encode
+from temps_backup.backup_store import StoreError
+from temps_backup.context import BackupWorker
+from temps_backup.engine_backups import ArtifactSource
+from temps_backup.service_target import Target, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Bytes stored so far, counted by the upload thread, read by the announcer."""
+
+    stored: int = 0
+    announced: int = field(default=-1)
+
+
+class CountingSink:
+    def __init__(self, sink: BinaryIO, progress: Progress) -> None:
+        self._sink, self._progress = sink, progress
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        self._progress.stored += len(data)
+        return len(data)
+
+
+async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
+    target = await resolve(w, command.service_id, command.backup_id)
+    if target.backup.state in ("completed", "failed"):
+        return  # a redelivery of a backup that already ended
+    folder = layout.backup_folder(
+        target.service.service_type,
+        target.service.name,
+        target.backup.requested_at,
+        command.backup_id,
+    )
+    extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
+    # Never while the provisioner recreates the container (nor during a restore).
+    async with service_lock(w.pool, command.service_id, wait_s=w.settings.backup_lock_wait_s):
+        started_at = utcnow()
+        await publish_event(
+            w.js,
+            BackupStarted(
+                service_id=command.service_id,
+                backup_id=command.backup_id,
+                kind=command.kind,
+                location=folder,
+            ),
+            origin=Role.BACKUP,
+        )
+        log.info("backing up %s into %s", target.container, folder, extra=extra)
+        progress = Progress()
+        announcer = asyncio.create_task(_announce(w, command, progress))
+        try:
+            artifacts = await _take(w, target, folder, progress)
+        except (ExecFailed, StoreError) as exc:
+            raise TerminalError(str(exc)) from exc
+        finally:
+            announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcer
+        document = layout.manifest(
+            backup_id=command.backup_id,
+            service_id=command.service_id,
+            service_name=target.service.name,
+            engine=target.service.service_type,
+            version=target.service.version,
+            kind=command.kind,
+            started_at=started_at,
+            finished_at=utcnow(),
+            recipient=w.recipient,
+            artifacts=artifacts,
+        )
+        await asyncio.to_thread(w.store.put_json, folder + layout.MANIFEST, document)
+    await publish_event(
+        w.js,
+        BackupCompleted(
+            service_id=command.service_id,
+            backup_id=command.backup_id,
+            size_bytes=document["size_bytes"],
+            artifacts=len(artifacts),
+        ),
+        origin=Role.BACKUP,
+        dedupe_id=f"{command.backup_id}:BackupCompleted",
+    )
+    log.info(
+        "backup %s complete (%d bytes)", command.backup_id, document["size_bytes"], extra=extra
+    )
+
+
+async def _take(
+    w: BackupWorker, target: Target, folder: str, progress: Progress
+) -> list[dict[str, Any]]:
+    credentials = target.service.credentials(w.keyring)
+    sources = await asyncio.to_thread(
+        target.engine.sources, w.docker, target.container, credentials
+    )
+    artifacts = []
+    for source in sources:
+        file_name = source.name + layout.SUFFIX
+        encoded = await asyncio.to_thread(
+            _upload, w, target.container, source, folder + file_name, progress
+        )
+        artifacts.append(
+            {**source.meta, "name": file_name, "size": encoded.size, "sha256": encoded.sha256}
+        )
+    return artifacts
+
+
+def _upload(
+    w: BackupWorker, container: str, source: ArtifactSource, key: str, progress: Progress
+) -> EncodedSize:
+    def produce(sink: BinaryIO) -> EncodedSize:
+        chunks = exec_output(w.docker, container, source.argv, source.env)
+        return encode(chunks, w.recipient, CountingSink(sink, progress))
+
+    return w.store.upload(key, produce)
+
+
+async def _announce(w: BackupWorker, command: RunBackup, progress: Progress) -> None:
+    while True:
+        await asyncio.sleep(w.settings.backup_progress_s)
+        if progress.stored != progress.announced:
+            progress.announced = progress.stored
+            with contextlib.suppress(Exception):  # progress is best effort
+                await publish_event(
+                    w.js,
+                    BackupProgress(
+                        service_id=command.service_id,
+                        backup_id=command.backup_id,
+                        bytes_done=progress.stored,
+                    ),
+                    origin=Role.BACKUP,
+                )
+
+
+async def announce_backup_failure(w: BackupWorker, command: RunBackup, reason: str) -> None:
+    await publish_event(
+        w.js,
+        BackupFailed(service_id=command.service_id, backup_id=command.backup_id, reason=reason),
+        origin=Role.BACKUP,
+        dedupe_id=f"{command.backup_id}:BackupFailed",
+    )

@@ -1,0 +1,44 @@
+"""The service a command is about: its record, its engine's backup, its running container."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from temps_shared.bus.consume import RetryableError, TerminalError
+from temps_shared.ids import container_name
+from temps_shared.store.backups import BackupRow, get_backup
+from temps_shared.store.services import ServiceRecord, get_service
+
+from temps_backup.context import BackupWorker
+from temps_backup.engine_backups import EngineBackup
+from temps_backup.engines import ENGINE_BACKUPS
+
+
+@dataclass(frozen=True)
+class Target:
+    service: ServiceRecord
+    backup: BackupRow
+    engine: EngineBackup
+    container: str
+
+
+async def resolve(w: BackupWorker, service_id: UUID, backup_id: UUID) -> Target:
+    """Raises `TerminalError` for what no retry can fix (no such backup or service, an engine
+    without backups), `RetryableError` while the container is not running."""
+    async with w.pool.acquire() as conn:
+        backup = await get_backup(conn, backup_id)
+        service = await get_service(conn, service_id)
+    if backup is None or backup.service_id != service_id:
+        raise TerminalError(f"no backup {backup_id} of service {service_id} in the catalogue")
+    if service is None or service.purged:
+        raise TerminalError(f"service {service_id} no longer exists")
+    engine = ENGINE_BACKUPS.get(service.service_type)
+    if engine is None:
+        raise TerminalError(f"backups of {service.service_type} services are not supported yet")
+    container = container_name(service.service_type, service.name)
+    state = await w.runtime.inspect(container)
+    if state is None or not state.running:
+        status = "missing" if state is None else state.status
+        raise RetryableError(f"container {container} is {status}", delay_s=5.0)
+    return Target(service, backup, engine, container)
