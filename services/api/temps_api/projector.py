@@ -18,6 +18,7 @@ from temps_shared.bus.consume import Delivery, consume, contract_message
 from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.messages import (
     MONITOR_SOURCE,
+    BackupEvent,
     Event,
     LinkRequested,
     LinkRevokeRequested,
@@ -30,6 +31,7 @@ from temps_shared.messages import (
     ServiceStatus,
     ServiceStatusChanged,
 )
+from temps_shared.store.backups import apply_backup_event
 from temps_shared.store.types import Connection
 
 from temps_api.health_projection import (
@@ -151,6 +153,8 @@ async def apply_event(conn: Connection, event: Event) -> None:
                 " WHERE link_id = ANY($1::uuid[])",
                 event.revoked,
             )
+        case BackupEvent():
+            await apply_backup_event(conn, event)
         case ServiceDeleted():
             await conn.execute("DELETE FROM service_status WHERE service_id = $1", event.service_id)
             await forget_health(conn, event.service_id)
