@@ -52,6 +52,19 @@ async def eventually(
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
+def run_containers(client: docker.DockerClient) -> set[str]:
+    """Names of this run's managed containers, any state: one listing call (the high-level
+    list inspects each container and fails when another session removes one meanwhile)."""
+    found = client.api.containers(all=True, filters={"label": "io.temps.managed=true"})
+    names = {str(c["Names"][0]).lstrip("/") for c in found}
+    return {n for n in names if f"-{RUN_PREFIX}" in n}
+
+
+def run_volumes(client: docker.DockerClient) -> set[str]:
+    found = client.api.volumes(filters={"label": "io.temps.managed=true"}).get("Volumes") or []
+    return {str(v["Name"]) for v in found if f"-{RUN_PREFIX}" in str(v["Name"])}
+
+
 def service_containers(client: docker.DockerClient, service_id: str) -> list[str]:
     found = client.containers.list(all=True, filters={"label": f"io.temps.service-id={service_id}"})
     return [c.name or "" for c in found]

@@ -18,7 +18,13 @@ from temps_shared.bus.publish import publish_command
 from temps_shared.messages import ReconcileService, Role
 
 from tests.integration.conftest import Platform
-from tests.support import RUN_PORT_RANGE, eventually, service_containers, wait_status
+from tests.support import (
+    RUN_PORT_RANGE,
+    eventually,
+    run_containers,
+    service_containers,
+    wait_status,
+)
 from tests.support import RUN_PREFIX as P
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -148,8 +154,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
     docker_client: docker.DockerClient,
     platform: Any,
 ) -> None:
-    managed = {"label": "io.temps.managed=true"}
-    before = {c.name for c in docker_client.containers.list(all=True, filters=managed)}
+    before = run_containers(docker_client)
 
     cases: list[tuple[dict[str, Any], int, str]] = [
         ({"name": f"{P}x", "service_type": "mysql"}, 422, "service_type"),
@@ -201,7 +206,7 @@ async def test_bad_input_is_refused_and_creates_nothing(
     names = {s["name"] for s in (await api.get("/api/external-services")).json()}
     assert not names & {f"{P}x", f"{P}y", "It_Bad", "x"}
     await asyncio.sleep(1)  # a wrongly queued command would have reached Docker by now
-    after = {c.name for c in docker_client.containers.list(all=True, filters=managed)}
+    after = run_containers(docker_client)
     assert after <= before | {f"temps-postgres-{P}traced"}
 
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
-from tests.support import credentials, eventually, wait_status
+from tests.support import credentials, eventually, run_containers, run_volumes, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 PERIOD_S = 4.0
@@ -156,9 +156,8 @@ async def test_orphans_of_deleted_services_are_collected_and_strangers_kept(
     )
 
     async def collected() -> bool:
-        names = {c.name for c in docker_client.containers.list(all=True)}
-        volumes = {v.name for v in docker_client.volumes.list()}
-        return name not in names and f"{name}-data" not in volumes
+        left = run_containers(docker_client) | run_volumes(docker_client)
+        return not {name, f"{name}-data"} & left
 
     try:
         await eventually(collected, PERIOD_S * 2 + 30, "the orphans to be collected")
