@@ -164,9 +164,26 @@ ensure_compose_env() {
     (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp" && mv "$pwfile.tmp" "$pwfile")
   fi
   chmod 0600 "$pwfile"
+  ensure_backup_store_files
   export TEMPS_API_PORT="${TEMPS_API_PORT:-8080}"
   export TEMPS_NATS_PORT="${TEMPS_NATS_PORT:-4223}"
   export TEMPS_CONTROLPLANE_DB_PORT="${TEMPS_CONTROLPLANE_DB_PORT:-5433}"
+}
+
+# The built-in backup store's S3 key (generated once, read by the backup worker from the file)
+# and the identities file SeaweedFS reads (mode 0644 so the store's unprivileged user can read
+# it through its bind mount; the data dir itself is 0700).
+ensure_backup_store_files() {
+  local keyfile="$TEMPS_DATA_DIR/backup_store_secret_key"
+  local config="$TEMPS_DATA_DIR/backup_store_s3.json"
+  if [[ ! -s "$keyfile" ]]; then
+    log "generating $keyfile"
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$keyfile.tmp" && mv "$keyfile.tmp" "$keyfile")
+  fi
+  chmod 0600 "$keyfile"
+  (umask 022 && printf '{"identities": [{"name": "temps-backup", "credentials": [{"accessKey": "temps-backup", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
+    "$(cat "$keyfile")" >"$config.tmp" && mv "$config.tmp" "$config")
+  chmod 0644 "$config"
 }
 
 # Generates (once) the installation CA, the NATS server's certificate and configuration and a

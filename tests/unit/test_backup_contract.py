@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from uuid import uuid4
 
 import pyrage
 import pytest
 from temps_backup.artifact_codec import decode, encode
+from temps_backup.settings import BackupSettings
 from temps_shared.backup_identity import backup_identity
 from temps_shared.bus.permissions import publish_allowed
 from temps_shared.bus.topology import BACKUP_CONSUMER
@@ -62,3 +64,13 @@ def test_artifacts_round_trip_and_refuse_another_key() -> None:
     stored.seek(0)
     with pytest.raises(pyrage.DecryptError):
         decode(stored, backup_identity(str(uuid4()).encode()), io.BytesIO())
+
+
+def test_the_store_key_comes_from_its_file_when_one_is_given(tmp_path: Path) -> None:
+    key_file = tmp_path / "backup_store_secret_key"
+    key_file.write_text("from-the-file\n")
+    settings = BackupSettings(
+        backup_store_secret_key="from-env", backup_store_secret_key_file=key_file
+    )
+    assert settings.store_secret_key() == "from-the-file"
+    assert BackupSettings(backup_store_secret_key="from-env").store_secret_key() == "from-env"

@@ -38,7 +38,7 @@ class BackupStore:
             endpoint_url=settings.backup_store_endpoint,
             region_name=settings.backup_store_region,
             aws_access_key_id=settings.backup_store_access_key,
-            aws_secret_access_key=settings.backup_store_secret_key.get_secret_value(),
+            aws_secret_access_key=settings.store_secret_key(),
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import pyrage
 from temps_shared.backup_identity import backup_identity
@@ -19,13 +21,15 @@ from temps_backup.context import BackupWorker
 from temps_backup.handlers import make_handler, make_on_terminal
 from temps_backup.settings import BackupSettings
 
+log = logging.getLogger(__name__)
+
 
 async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
     """Run backups and restores until `stop` is set, then drain."""
     master_key = load_or_create_master_key(settings.data_dir)
     identity = backup_identity(master_key)
     store = BackupStore(settings)
-    await asyncio.to_thread(store.ensure_bucket)
+    await _store_ready(store, settings.backup_store_wait_s)
     async with worker_clients(
         settings,
         Role.BACKUP,
@@ -51,6 +55,20 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
             on_terminal=make_on_terminal(worker),
             concurrency=settings.backup_concurrency,
         )
+
+
+async def _store_ready(store: BackupStore, wait_s: float) -> None:
+    """Create the bucket if needed, waiting (bounded) for a store that is still starting."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await asyncio.to_thread(store.ensure_bucket)
+            return
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the backup store does not answer: {exc}") from exc
+            log.info("waiting for the backup store: %s", exc)
+            await asyncio.sleep(1.0)
 
 
 def run() -> None:
