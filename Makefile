@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: up down images prepare lint format test test-unit test-integration test-e2e bench
+.PHONY: up down images prepare lint format test test-unit test-integration test-e2e test-faults bench
 
 up:            ## prepare the host, build images, start the platform, put `temps` on PATH
 	deploy/up.sh
@@ -40,6 +40,12 @@ test-integration:
 
 test-e2e:
 	$(PYTEST) tests/e2e
+
+# Randomized fault injection (tests/faults): TEMPS_FAULT_TRIALS trials (10 in CI; e.g. 50
+# locally); TEMPS_FAULT_SEED=<seed> replays the one trial a failure names.
+TEMPS_FAULT_TRIALS ?= 10
+test-faults:
+	TEMPS_FAULT_TRIALS=$(TEMPS_FAULT_TRIALS) $(PYTEST) tests/faults
 
 bench: up       ## benchmarks: ratios against a baseline measured in the same run
 	$(BIN)/python bench/provision_latency.py
