@@ -119,6 +119,26 @@ def _manifest_and_keys(
     return json.loads(body), keys
 
 
+async def _decrypt_with_age(store: SeaweedStore, key: str, data_dir: Path, workdir: Path) -> Path:
+    """The artifact at `key`, decrypted by Debian's `age` with the identity derived from the
+    master key alone, then decompressed: the plain file."""
+    identity_file = workdir / "identity.txt"
+    identity_file.write_text(backup_identity(load_or_create_master_key(data_dir)) + "\n")
+    stored = workdir / "artifact.age"
+    store.client().download_file(BUCKET, key, str(stored))
+    decrypted = workdir / "artifact.zst"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["age", "-d", "-i", str(identity_file), "-o", str(decrypted), str(stored)],
+        timeout=60,
+        check=True,
+    )
+    plain = workdir / "artifact"
+    with decrypted.open("rb") as compressed, plain.open("wb") as out:
+        zstandard.ZstdDecompressor().copy_stream(compressed, out)
+    return plain
+
+
 async def _redis(api: httpx.AsyncClient, service_id: str) -> aioredis.Redis:
     creds = await credentials(api, service_id)
     return aioredis.Redis.from_url(
@@ -168,20 +188,8 @@ async def test_redis_round_trip_keys_and_ttls(
     (artifact,) = manifest["artifacts"]
     assert len(artifact["sha256"]) == 64
     artifact_key = next(k for k in keys if k.endswith(artifact["name"]))
-    identity_file = tmp_path / "identity.txt"
-    identity_file.write_text(backup_identity(load_or_create_master_key(data_dir)) + "\n")
-    stored = tmp_path / "dump.rdb.zst.age"
-    store.client().download_file(BUCKET, artifact_key, str(stored))
-    decrypted = tmp_path / "dump.rdb.zst"
-    await asyncio.to_thread(
-        subprocess.run,
-        ["age", "-d", "-i", str(identity_file), "-o", str(decrypted), str(stored)],
-        timeout=60,
-        check=True,
-    )
-    with decrypted.open("rb") as compressed:
-        plain = zstandard.ZstdDecompressor().stream_reader(compressed).read(5)
-    assert plain == b"REDIS"
+    plain = await _decrypt_with_age(store, artifact_key, data_dir, tmp_path)
+    assert plain.read_bytes()[:5] == b"REDIS"
 
 
 async def test_a_flipped_byte_is_refused_and_nothing_changes(
@@ -196,16 +204,17 @@ async def test_a_flipped_byte_is_refused_and_nothing_changes(
         _, keys = _manifest_and_keys(store, "redis", f"{P}bkr", backup["id"])
         artifact_key = next(k for k in keys if k.endswith(".age"))
         s3 = store.client()
-        body = bytearray(s3.get_object(Bucket=BUCKET, Key=artifact_key)["Body"].read())
-        body[len(body) // 2] ^= 0x01
-        s3.put_object(Bucket=BUCKET, Key=artifact_key, Body=bytes(body))
-
-        restore = await _restore(api, redis_service, backup["id"])
-        assert restore["state"] == "failed"
-        assert "damaged" in restore["reason"]
-        assert "nothing was restored" in restore["reason"]
-        assert await client.get("after") == "2"
-        assert await client.get("before") == "1"
+        original = s3.get_object(Bucket=BUCKET, Key=artifact_key)["Body"].read()
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        for damaged in (bytes(flipped), original[: len(original) // 2]):  # flipped, truncated
+            s3.put_object(Bucket=BUCKET, Key=artifact_key, Body=damaged)
+            restore = await _restore(api, redis_service, backup["id"])
+            assert restore["state"] == "failed"
+            assert "damaged" in restore["reason"]
+            assert "nothing was restored" in restore["reason"]
+            assert await client.get("after") == "2"
+            assert await client.get("before") == "1"
         entries = (await api.get("/api/audit-log", params={"service_id": redis_service})).json()
         assert any(
             e["action"] == "backup.restore_requested" and e["details"]["backup_id"] == backup["id"]
@@ -224,7 +233,7 @@ async def _pg(creds: dict[str, Any], database: str | None = None) -> asyncpg.Con
 
 
 async def test_postgres_round_trip_two_databases(
-    api: httpx.AsyncClient, store: SeaweedStore
+    api: httpx.AsyncClient, store: SeaweedStore, data_dir: Path, tmp_path: Path
 ) -> None:
     service_id = await _create(api, f"{P}bkp", "postgres", version="15", parameters={"replicas": 0})
     creds = await credentials(api, service_id)
@@ -245,8 +254,17 @@ async def test_postgres_round_trip_two_databases(
         await second.close()
 
     backup = await _backup(api, service_id)
-    manifest, _ = _manifest_and_keys(store, "postgres", f"{P}bkp", backup["id"])
+    manifest, keys = _manifest_and_keys(store, "postgres", f"{P}bkp", backup["id"])
     assert {a.get("database") for a in manifest["artifacts"]} >= {creds["database"], "second"}
+    (second_dump,) = [a["name"] for a in manifest["artifacts"] if a.get("database") == "second"]
+    plain = await _decrypt_with_age(
+        store, next(k for k in keys if k.endswith(second_dump)), data_dir, tmp_path
+    )
+    listing = await asyncio.to_thread(
+        subprocess.run, ["pg_restore", "-l", str(plain)], capture_output=True, timeout=60
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert b"TABLE public notes" in listing.stdout
 
     conn = await _pg(creds)
     try:
