@@ -114,15 +114,20 @@ async def test_a_killed_worker_leaves_no_complete_backup_and_the_retry_completes
     assert _manifests(store, backup_id) == []
 
     second = _start_worker(base_env, store, tmp_path / "worker-2.log")
+    progress: list[int] = []  # bytes so far, as the catalogue showed them while running
     try:
 
         async def completed() -> dict[str, Any] | None:
             entry = await _entry(api, service_id, backup_id)
             assert entry["state"] != "failed", entry["reason"]
+            if entry["state"] == "running" and entry["bytes_done"]:
+                progress.append(entry["bytes_done"])
             return entry if entry["state"] == "completed" else None
 
         # The command comes back once its ack wait (30 s) ran out.
-        done = await eventually(completed, 120, "the redelivered backup to complete")
+        done = await eventually(
+            completed, 120, "the redelivered backup to complete", interval_s=0.05
+        )
     finally:
         _stop(second)
     (manifest_key,) = _manifests(store, backup_id)
@@ -136,4 +141,8 @@ async def test_a_killed_worker_leaves_no_complete_backup_and_the_retry_completes
         digest.update(chunk)
     assert digest.hexdigest() == artifact["sha256"]
     assert done["size_bytes"] == artifact["size"] > 200 * MB
+    # Progress (BackupProgress → catalogue) was visible during the upload, and only grew.
+    assert progress, "no progress was shown while the backup ran"
+    assert progress == sorted(progress)
+    assert progress[-1] <= done["size_bytes"]
     assert (await api.delete(f"/api/external-services/{service_id}")).status_code == 202
