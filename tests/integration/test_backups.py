@@ -68,9 +68,13 @@ async def _create(api: httpx.AsyncClient, name: str, service_type: str, **extra:
 
 
 async def _entry(api: httpx.AsyncClient, service_id: str, backup_id: str) -> dict[str, Any]:
+    """The backup as the catalogue lists it (checked to be what GET …/backups/{id} says)."""
     response = await api.get(f"/api/external-services/{service_id}/backups")
     assert response.status_code == 200, response.text
     (entry,) = [b for b in response.json()["backups"] if b["id"] == backup_id]
+    one = await api.get(f"/api/external-services/{service_id}/backups/{backup_id}")
+    assert one.status_code == 200, one.text
+    assert one.json()["id"] == backup_id
     return dict(entry)
 
 
@@ -302,6 +306,8 @@ async def test_unknown_ids_and_the_audit_trail(
     response = await api.post(f"/api/external-services/{unknown}/backups")
     assert response.status_code == 404, response.text
     response = await api.get(f"/api/external-services/{unknown}/backups")
+    assert response.status_code == 404, response.text
+    response = await api.get(f"/api/external-services/{redis_service}/backups/{unknown}")
     assert response.status_code == 404, response.text
 
     entries = (await api.get("/api/audit-log", params={"service_id": redis_service})).json()

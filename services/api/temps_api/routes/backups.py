@@ -71,6 +71,19 @@ async def list_backups(service_id: UUID, state: State, _: Reader) -> dict[str, A
     return {"backups": [row.public() for row in rows]}
 
 
+@router.get("/{service_id}/backups/{backup_id}")
+async def get_one_backup(
+    service_id: UUID, backup_id: UUID, state: State, _: Reader
+) -> dict[str, Any]:
+    """One catalogue entry; 404 for an unknown backup (or one of another service)."""
+    async with state.pool.acquire() as conn:
+        await _service(conn, service_id)
+        backup = await get_backup(conn, backup_id)
+    if backup is None or backup.service_id != service_id:
+        raise not_found("backup", backup_id)
+    return backup.public()
+
+
 @router.post(
     "/{service_id}/backups/{backup_id}/restore",
     status_code=202,
