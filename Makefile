@@ -27,10 +27,10 @@ format: prepare
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: images   ## lint, then every test tier: unit, integration, e2e
+test: images   ## lint, then every test tier: unit, integration, e2e, faults (10 trials)
 	deploy/prepare-tests.sh
 	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory test-unit test-integration test-e2e
+	$(MAKE) --no-print-directory test-unit test-integration test-e2e test-faults
 
 test-unit:
 	$(PYTEST) tests/unit
