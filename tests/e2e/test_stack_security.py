@@ -61,7 +61,11 @@ async def test_the_bus_on_the_bridge_refuses_strangers(
 
 
 def _secrets(data_dir: Path) -> list[str]:
-    files = [data_dir / "controlplane_db_password", *sorted((data_dir / "bus").glob("*.password"))]
+    files = [
+        data_dir / "controlplane_db_password",
+        data_dir / "backup_store_secret_key",
+        *sorted((data_dir / "bus").glob("*.password")),
+    ]
     return [f.read_text().strip() for f in files]
 
 
@@ -69,7 +73,7 @@ async def test_no_container_of_the_stack_holds_a_secret_in_its_metadata(
     stack: Stack, docker_client: docker.DockerClient
 ) -> None:
     secrets = _secrets(stack.data_dir)
-    assert len(secrets) >= 5
+    assert len(secrets) >= 6
     project = stack.env["TEMPS_COMPOSE_PROJECT"]
     containers = docker_client.containers.list(
         filters={"label": f"com.docker.compose.project={project}"}
