@@ -155,22 +155,29 @@ async def create_environment(
         return await _project(conn, project_id)
 
 
-async def environment_exists(conn: Executor, project_id: UUID, environment: str) -> None:
-    """404 for an unknown project or environment.
+async def environment_exists(
+    conn: Executor, project_id: UUID, environment: str, *, for_delete: bool = False
+) -> str:
+    """The project's name; 404 for an unknown project or environment.
 
-    In a transaction it also holds both rows (FOR SHARE) until the commit: a link created in
-    that transaction and a concurrent delete of the project or environment are serialised (the
-    delete waits, then sees the link; or the link waits, then sees no project).
+    In a transaction it also holds both rows until the commit (the environment FOR UPDATE when
+    it is about to be deleted): a link created in that transaction and a concurrent delete of
+    the project or environment are serialised (the delete waits, then sees the link; or the
+    link waits, then sees no project).
     """
-    name = await conn.fetchval("SELECT name FROM projects WHERE id = $1 FOR SHARE", project_id)
+    name: str | None = await conn.fetchval(
+        "SELECT name FROM projects WHERE id = $1 FOR SHARE", project_id
+    )
     if name is None:
         raise not_found("project", project_id)
+    lock = "FOR UPDATE" if for_delete else "FOR SHARE"
     if not await conn.fetchval(
-        "SELECT true FROM project_environments WHERE project_id = $1 AND name = $2 FOR SHARE",
+        f"SELECT true FROM project_environments WHERE project_id = $1 AND name = $2 {lock}",
         project_id,
         environment,
     ):
         raise ApiError(404, "not_found", f"project {name!r} has no environment {environment!r}")
+    return name
 
 
 async def _active_links(
@@ -258,15 +265,7 @@ async def delete_environment(
 ) -> Response:
     """Delete one environment of a project; refused (409) while any service is linked to it."""
     async with state.pool.acquire() as conn, conn.transaction():
-        name = await conn.fetchval("SELECT name FROM projects WHERE id = $1", project_id)
-        if name is None:
-            raise not_found("project", project_id)
-        if not await conn.fetchval(
-            "SELECT true FROM project_environments WHERE project_id = $1 AND name = $2 FOR UPDATE",
-            project_id,
-            environment,
-        ):
-            raise ApiError(404, "not_found", f"project {name!r} has no environment {environment!r}")
+        name = await environment_exists(conn, project_id, environment, for_delete=True)
         links = await _active_links(conn, project_id, environment)
         if links:
             raise _still_linked(f"environment {environment!r} of project {name!r}", links)
