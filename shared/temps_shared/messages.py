@@ -112,11 +112,12 @@ class ProbeNow(Command):
 
 
 class RunBackup(Command):
-    """Back up a service now into the installation's backup store, as `backup_id`."""
+    """Back up a service now into the installation's backup store, as `backup_id` (asked for
+    by a user through the gateway, or by the backup worker's scheduler)."""
 
     worker: ClassVar[str] = "backup"
     verb: ClassVar[str] = "run"
-    publishers = frozenset({Role.API})
+    publishers = frozenset({Role.API, Role.BACKUP})
 
     service_id: UUID
     backup_id: UUID
@@ -124,7 +125,9 @@ class RunBackup(Command):
 
 
 class RestoreBackup(Command):
-    """Restore a completed backup into its own service, in place."""
+    """Restore a completed backup into `service_id`: its own service (in place), or a new
+    service of the same engine created from it (`as_new_service`, `temps backup
+    restore-service`)."""
 
     worker: ClassVar[str] = "backup"
     verb: ClassVar[str] = "restore"
@@ -133,6 +136,18 @@ class RestoreBackup(Command):
     service_id: UUID
     backup_id: UUID
     restore_id: UUID
+
+
+class VerifyBackup(Command):
+    """Restore a completed backup into a throw-away container and compare it with the figures
+    taken at backup time."""
+
+    worker: ClassVar[str] = "backup"
+    verb: ClassVar[str] = "verify"
+    publishers = frozenset({Role.API, Role.BACKUP})
+
+    service_id: UUID
+    backup_id: UUID
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -303,6 +318,13 @@ class BackupEvent(Event):
     backup_id: UUID
 
 
+class BackupRequested(BackupEvent):
+    """A scheduled backup was decided (the gateway inserts a manual one's row itself)."""
+
+    kind: str
+    trigger: str = "schedule"
+
+
 class BackupStarted(BackupEvent):
     kind: str
     location: str  # the backup's folder in the store (`external_services/…/<backup id>/`)
@@ -318,6 +340,25 @@ class BackupCompleted(BackupEvent):
 
 
 class BackupFailed(BackupEvent):
+    reason: str
+
+
+class BackupVerified(BackupEvent):
+    """A test restore matched the figures taken at backup time."""
+
+    summary: str  # e.g. "2 databases, 14 tables, 10234 rows"
+
+
+class BackupVerificationFailed(BackupEvent):
+    """A test restore differed from the figures taken at backup time (or could not be made)."""
+
+    reason: str  # what differed, named
+
+
+class BackupDeleted(BackupEvent):
+    """A backup's objects were deleted from its bucket (retention, or its service was
+    deleted); its catalogue row goes with it."""
+
     reason: str
 
 
@@ -346,16 +387,21 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CredentialsRotated,
         HealthChecked,
         WalHealthRecorded,
+        BackupRequested,
         BackupStarted,
         BackupProgress,
         BackupCompleted,
         BackupFailed,
+        BackupVerified,
+        BackupVerificationFailed,
+        BackupDeleted,
         RestoreCompleted,
         RestoreFailed,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
-    cls.type_name(): cls for cls in (ReconcileService, ProbeNow, RunBackup, RestoreBackup)
+    cls.type_name(): cls
+    for cls in (ReconcileService, ProbeNow, RunBackup, RestoreBackup, VerifyBackup)
 }
 
 

@@ -87,6 +87,33 @@ class TempsSettings(BaseSettings):
         15.0, gt=0, description="How often each process samples its consumers' queue depth."
     )
 
+    # The built-in backup store (SeaweedFS, started with the platform): the default destination.
+    backup_store_endpoint: str = Field(
+        "http://127.0.0.1:8333",
+        description="S3 endpoint of the backup store (the built-in SeaweedFS by default).",
+    )
+    backup_store_region: str = Field("us-east-1", description="Region the store signs for.")
+    backup_store_access_key: str = Field("temps-backup", description="S3 access key id.")
+    backup_store_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    backup_store_secret_key_file: Path | None = Field(
+        None,
+        description="A file holding the S3 secret key instead (the compose stack hands the "
+        "built-in store's so: `backup_store_secret_key` in the data dir).",
+    )
+    backup_store_wait_s: float = Field(
+        60.0, gt=0, description="How long a starting worker waits for the store to answer."
+    )
+    backup_store_ca_file: Path | None = Field(
+        None, description="CA (PEM) the built-in store's https certificate is checked against."
+    )
+    backup_bucket: str = Field("temps-backups", description="Bucket every backup goes into.")
+
+    def store_secret_key(self) -> str:
+        """The S3 secret key, from `backup_store_secret_key_file` when set."""
+        if self.backup_store_secret_key_file is not None:
+            return self.backup_store_secret_key_file.read_text().strip()
+        return self.backup_store_secret_key.get_secret_value()
+
     def database_dsn(self) -> str:
         """The control-plane DSN, with the password of `database_password_file` when set."""
         dsn = self.database_url.get_secret_value()

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import zstandard
 from temps_backup.main import serve as serve_backup
 from temps_backup.settings import BackupSettings
-from temps_shared.backup_identity import backup_identity
+from temps_shared.backups.identity import backup_identity
 from temps_shared.crypto import load_or_create_master_key
 
 from tests.integration.backup_store import SeaweedStore, seaweedfs_store

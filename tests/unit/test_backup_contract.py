@@ -9,9 +9,9 @@ from uuid import uuid4
 
 import pyrage
 import pytest
-from temps_backup.artifact_codec import decode, encode
 from temps_backup.settings import BackupSettings
-from temps_shared.backup_identity import backup_identity
+from temps_shared.backups.codec import decode, encode
+from temps_shared.backups.identity import backup_identity
 from temps_shared.bus.permissions import publish_allowed
 from temps_shared.bus.topology import BACKUP_CONSUMER
 from temps_shared.messages import (
@@ -21,6 +21,7 @@ from temps_shared.messages import (
     Role,
     RunBackup,
     ServiceFailed,
+    VerifyBackup,
 )
 
 
@@ -29,12 +30,14 @@ def test_the_backup_role_publishes_only_backup_events_and_binds_its_consumer() -
     assert BackupCompleted.subject_pattern(Role.BACKUP) in allowed
     assert BackupProgress.subject_pattern(Role.BACKUP) in allowed
     assert ServiceFailed.subject_pattern(Role.BACKUP) not in allowed
-    assert RunBackup.subject_pattern(Role.BACKUP) not in allowed
+    # Its scheduler asks for backups and verifications; only the gateway asks for restores.
+    assert RunBackup.subject_pattern(Role.BACKUP) in allowed
+    assert VerifyBackup.subject_pattern(Role.BACKUP) in allowed
+    assert RestoreBackup.subject_pattern(Role.BACKUP) not in allowed
     assert not [s for s in allowed if s.startswith("temps.") and not s.endswith(".backup")]
     durable = f"$JS.API.CONSUMER.MSG.NEXT.{BACKUP_CONSUMER.stream}.{BACKUP_CONSUMER.durable}"
     assert durable in allowed
     assert durable not in publish_allowed(Role.PROVISIONER)
-    # Only the gateway asks for backups and restores.
     assert RunBackup.subject_pattern(Role.API) in publish_allowed(Role.API)
     assert RestoreBackup.subject_pattern(Role.API) in publish_allowed(Role.API)
     assert RunBackup.subject_pattern(Role.API).startswith("temps.cmd.backup.")

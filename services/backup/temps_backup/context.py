@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import asyncpg
 import docker
 from nats.js import JetStreamContext
+from temps_shared.backups.store import BackupStore
 from temps_shared.crypto import KeyRing
 from temps_shared.runtime import DockerRuntime
 
-from temps_backup.backup_store import BackupStore
 from temps_backup.settings import BackupSettings
 
 

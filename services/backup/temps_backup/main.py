@@ -7,7 +7,9 @@ import logging
 import time
 
 import pyrage
-from temps_shared.backup_identity import backup_identity
+from temps_shared.backups.destination import builtin_destination
+from temps_shared.backups.identity import backup_identity
+from temps_shared.backups.store import BackupStore
 from temps_shared.bus.consume import consume
 from temps_shared.bus.topology import BACKUP_CONSUMER
 from temps_shared.crypto import KeyRing, load_or_create_master_key
@@ -16,7 +18,6 @@ from temps_shared.runtime import DockerRuntime
 from temps_shared.worker import worker_clients
 from temps_shared.worker_process import run_worker
 
-from temps_backup.backup_store import BackupStore
 from temps_backup.context import BackupWorker
 from temps_backup.handlers import make_handler, make_on_terminal
 from temps_backup.settings import BackupSettings
@@ -28,7 +29,7 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
     """Run backups and restores until `stop` is set, then drain."""
     master_key = load_or_create_master_key(settings.data_dir)
     identity = backup_identity(master_key)
-    store = BackupStore(settings)
+    store = BackupStore(builtin_destination(settings))
     await _store_ready(store, settings.backup_store_wait_s)
     async with worker_clients(
         settings,

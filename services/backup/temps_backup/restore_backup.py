@@ -14,17 +14,17 @@ from typing import Any, BinaryIO
 
 import pyrage
 import zstandard
+from temps_shared.backups import layout
+from temps_shared.backups.codec import decode, sha256_of
+from temps_shared.backups.protocol import RestoreTarget
+from temps_shared.backups.store import StoreError
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.messages import RestoreBackup, RestoreCompleted, RestoreFailed, Role
 from temps_shared.runtime.container_io import ExecFailed
 from temps_shared.service_lock import service_lock
 
-from temps_backup import layout
-from temps_backup.artifact_codec import decode, sha256_of
-from temps_backup.backup_store import StoreError
 from temps_backup.context import BackupWorker
-from temps_backup.engine_backups import RestoreTarget
 from temps_backup.service_target import resolve
 
 log = logging.getLogger(__name__)

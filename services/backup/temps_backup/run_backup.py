@@ -9,6 +9,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from temps_shared.backups import layout
+from temps_shared.backups.codec import EncodedSize, encode
+from temps_shared.backups.protocol import ArtifactSource
+from temps_shared.backups.store import StoreError
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.messages import (
@@ -23,11 +27,7 @@ from temps_shared.messages import (
 from temps_shared.runtime.container_io import ExecFailed, exec_output
 from temps_shared.service_lock import service_lock
 
-from temps_backup import layout
-from temps_backup.artifact_codec import EncodedSize, encode
-from temps_backup.backup_store import StoreError
 from temps_backup.context import BackupWorker
-from temps_backup.engine_backups import ArtifactSource
 from temps_backup.service_target import Target, resolve
 
 log = logging.getLogger(__name__)

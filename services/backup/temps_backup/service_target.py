@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from temps_shared.backups.engines import ENGINE_BACKUPS
+from temps_shared.backups.protocol import EngineBackup
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.ids import container_name
 from temps_shared.store.backups import BackupRow, get_backup
 from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_backup.context import BackupWorker
-from temps_backup.engine_backups import EngineBackup
-from temps_backup.engines import ENGINE_BACKUPS
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,14 @@ from uuid import UUID
 
 from temps_shared.messages import (
     BackupCompleted,
+    BackupDeleted,
     BackupEvent,
     BackupFailed,
     BackupProgress,
+    BackupRequested,
     BackupStarted,
+    BackupVerificationFailed,
+    BackupVerified,
     RestoreCompleted,
     RestoreFailed,
 )
@@ -39,6 +43,11 @@ class BackupRow:
     restore_id: UUID | None
     restore_state: str | None
     restore_reason: str | None
+    destination_id: UUID | None = None  # None: the built-in store
+    trigger: str = "manual"  # manual | schedule
+    verify_state: str | None = None  # pending | verified | verification_failed
+    verify_reason: str | None = None
+    verified_at: datetime | None = None
 
     def public(self) -> dict[str, Any]:
         """The catalogue entry as the API shows it."""
@@ -46,6 +55,7 @@ class BackupRow:
             "id": str(self.backup_id),
             "service_id": str(self.service_id),
             "kind": self.kind,
+            "trigger": self.trigger,
             "state": self.state,
             "bytes_done": self.bytes_done,
             "size_bytes": self.size_bytes,
@@ -53,6 +63,14 @@ class BackupRow:
             "requested_at": self.requested_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "verified": self.verify_state == "verified",
+            "verification": None
+            if self.verify_state is None
+            else {
+                "state": self.verify_state,
+                "reason": self.verify_reason,
+                "at": self.verified_at.isoformat() if self.verified_at else None,
+            },
             "restore": None
             if self.restore_id is None
             else {
@@ -65,16 +83,31 @@ class BackupRow:
 
 _COLUMNS = (
     "backup_id, service_id, kind, state, location, bytes_done, size_bytes, reason,"
-    " requested_at, started_at, finished_at, restore_id, restore_state, restore_reason"
+    " requested_at, started_at, finished_at, restore_id, restore_state, restore_reason,"
+    " destination_id, trigger, verify_state, verify_reason, verified_at"
 )
 
 
-async def insert_backup(conn: Connection, backup_id: UUID, service_id: UUID, kind: str) -> None:
+async def insert_backup(
+    conn: Connection,
+    backup_id: UUID,
+    service_id: UUID,
+    kind: str,
+    *,
+    trigger: str = "manual",
+    requested_at: datetime | None = None,
+) -> None:
+    """A new catalogue row, bound to the destination active now (idempotent)."""
     await conn.execute(
-        "INSERT INTO backups (backup_id, service_id, kind) VALUES ($1, $2, $3)",
+        "INSERT INTO backups (backup_id, service_id, kind, trigger, requested_at, destination_id)"
+        " VALUES ($1, $2, $3, $4, coalesce($5, now()),"
+        " (SELECT id FROM backup_destinations WHERE active))"
+        " ON CONFLICT (backup_id) DO NOTHING",
         backup_id,
         service_id,
         kind,
+        trigger,
+        requested_at,
     )
 
 
@@ -103,6 +136,15 @@ async def request_restore(conn: Connection, backup_id: UUID, restore_id: UUID) -
 async def apply_backup_event(conn: Connection, event: BackupEvent) -> None:
     """Project one backup worker event onto the catalogue (idempotent, never backwards)."""
     match event:
+        case BackupRequested():
+            await insert_backup(
+                conn,
+                event.backup_id,
+                event.service_id,
+                event.kind,
+                trigger=event.trigger,
+                requested_at=event.occurred_at,
+            )
         case BackupStarted():
             await conn.execute(
                 "UPDATE backups SET state = 'running', location = $2,"
@@ -135,6 +177,18 @@ async def apply_backup_event(conn: Connection, event: BackupEvent) -> None:
                 event.reason,
                 event.occurred_at,
             )
+        case BackupVerified() | BackupVerificationFailed():
+            failed = isinstance(event, BackupVerificationFailed)
+            await conn.execute(
+                "UPDATE backups SET verify_state = $2, verify_reason = $3, verified_at = $4"
+                " WHERE backup_id = $1 AND state = 'completed'",
+                event.backup_id,
+                "verification_failed" if failed else "verified",
+                event.reason if isinstance(event, BackupVerificationFailed) else event.summary,
+                event.occurred_at,
+            )
+        case BackupDeleted():
+            await conn.execute("DELETE FROM backups WHERE backup_id = $1", event.backup_id)
         case RestoreCompleted() | RestoreFailed():
             failed = isinstance(event, RestoreFailed)
             await conn.execute(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from temps_backup.engine_backups import EngineBackup
-from temps_backup.postgres_backup import PostgresBackup
-from temps_backup.redis_backup import RedisBackup
+from temps_shared.backups.postgres import PostgresBackup
+from temps_shared.backups.protocol import EngineBackup
+from temps_shared.backups.redis import RedisBackup
 
 ENGINE_BACKUPS: dict[str, EngineBackup] = {"postgres": PostgresBackup(), "redis": RedisBackup()}

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import docker
+
+from temps_shared.backups.codec import decode
+from temps_shared.backups.protocol import ArtifactSource, OpenArtifact, RestoreTarget
 from temps_shared.engines.postgres import PORT
 from temps_shared.runtime.container_io import ExecInput, collect, exec_output
-
-from temps_backup.artifact_codec import decode
-from temps_backup.engine_backups import ArtifactSource, OpenArtifact, RestoreTarget
 
 LIST_DATABASES = (
     "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"

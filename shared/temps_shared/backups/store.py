@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
@@ -16,7 +17,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from temps_backup.settings import BackupSettings
+from temps_shared.backups.destination import Destination
 
 T = TypeVar("T")
 PART_BYTES = 8 * 1024 * 1024
@@ -26,22 +27,38 @@ TRANSFER = TransferConfig(
 )
 
 
+def _ca_file(ca_pem: str | None) -> Any:
+    """botocore trusts a CA from a file: the PEM written to a temporary one, kept while the
+    client lives."""
+    if ca_pem is None:
+        return None
+    file = tempfile.NamedTemporaryFile("w", suffix=".pem", prefix="temps-backup-ca-")  # noqa: SIM115
+    file.write(ca_pem)
+    file.flush()
+    return file
+
+
 class StoreError(Exception):
     """The store refused or failed an operation; the message says which and why."""
 
 
 class BackupStore:
-    def __init__(self, settings: BackupSettings) -> None:
-        self.bucket = settings.backup_bucket
+    """One destination's bucket."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.bucket = destination.bucket
+        self._ca_file = _ca_file(destination.ca_pem)
         self._s3: Any = boto3.client(
             "s3",
-            endpoint_url=settings.backup_store_endpoint,
-            region_name=settings.backup_store_region,
-            aws_access_key_id=settings.backup_store_access_key,
-            aws_secret_access_key=settings.store_secret_key(),
+            endpoint_url=destination.endpoint,
+            region_name=destination.region,
+            aws_access_key_id=destination.access_key_id,
+            aws_secret_access_key=destination.secret_access_key,
+            verify=self._ca_file.name if self._ca_file is not None else None,
             config=Config(
                 signature_version="s3v4",
-                s3={"addressing_style": "path"},
+                s3={"addressing_style": "path" if destination.path_style else "virtual"},
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},

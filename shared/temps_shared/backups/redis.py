@@ -9,6 +9,9 @@ import time
 from typing import Any
 
 import docker
+
+from temps_shared.backups.codec import CHUNK, decode
+from temps_shared.backups.protocol import ArtifactSource, OpenArtifact, RestoreTarget
 from temps_shared.engines.redis import DATA_MOUNT, PORT
 from temps_shared.engines.redis_acl import ADMIN_USER, BACKUP_USER
 from temps_shared.runtime.container_io import (
@@ -19,9 +22,6 @@ from temps_shared.runtime.container_io import (
     start_container,
     stop_container,
 )
-
-from temps_backup.artifact_codec import CHUNK, decode
-from temps_backup.engine_backups import ArtifactSource, OpenArtifact, RestoreTarget
 
 SPOOL = "/tmp/temps-backup.rdb"
 # redis-cli writes the RDB to a file (6.x cannot write it to stdout): spooled in the
