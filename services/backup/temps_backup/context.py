@@ -23,5 +23,6 @@ class BackupWorker:
     keyring: KeyRing
     identity: str  # the installation's age identity (from the master key)
     recipient: str  # its public half: every artifact is encrypted to it
-    store: BackupStore
+    ca_pem: str  # the installation CA (services dialled over TLS)
+    store: BackupStore  # the built-in store (backups whose row names no other destination)
     settings: BackupSettings

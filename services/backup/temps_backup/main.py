@@ -15,6 +15,7 @@ from temps_shared.bus.topology import BACKUP_CONSUMER
 from temps_shared.crypto import KeyRing, load_or_create_master_key
 from temps_shared.messages import Role
 from temps_shared.runtime import DockerRuntime
+from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.worker import worker_clients
 from temps_shared.worker_process import run_worker
 
@@ -31,6 +32,7 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
     identity = backup_identity(master_key)
     store = BackupStore(builtin_destination(settings))
     await _store_ready(store, settings.backup_store_wait_s)
+    keyring = KeyRing(master_key)
     async with worker_clients(
         settings,
         Role.BACKUP,
@@ -42,9 +44,12 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
             js=clients.js,
             runtime=DockerRuntime(clients.docker, settings.docker_network),
             docker=clients.docker,
-            keyring=KeyRing(master_key),
+            keyring=keyring,
             identity=identity,
             recipient=str(pyrage.x25519.Identity.from_str(identity).to_public()),
+            ca_pem=(
+                await ensure_installation_ca(clients.pool, keyring, settings.data_dir)
+            ).cert_pem,
             store=store,
             settings=settings,
         )

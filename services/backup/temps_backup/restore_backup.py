@@ -16,8 +16,7 @@ import pyrage
 import zstandard
 from temps_shared.backups import layout
 from temps_shared.backups.codec import decode, sha256_of
-from temps_shared.backups.protocol import RestoreTarget
-from temps_shared.backups.store import StoreError
+from temps_shared.backups.store import BackupStore, StoreError
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.messages import RestoreBackup, RestoreCompleted, RestoreFailed, Role
@@ -38,7 +37,9 @@ class _Discard(io.RawIOBase):
         return len(data)
 
 
-def _fetch_and_check(w: BackupWorker, folder: str, artifact: dict[str, Any], spool: Path) -> Path:
+def _fetch_and_check(
+    w: BackupWorker, store: BackupStore, folder: str, artifact: dict[str, Any], spool: Path
+) -> Path:
     """Download one artifact into `spool`; raises `TerminalError` unless its SHA-256 is the
     manifest's and it decrypts and decompresses to the end."""
     name = str(artifact["name"])
@@ -46,7 +47,7 @@ def _fetch_and_check(w: BackupWorker, folder: str, artifact: dict[str, Any], spo
         raise TerminalError(f"the manifest names an invalid artifact {name!r}")
     path = spool / name
     with path.open("w+b") as file:
-        w.store.download(folder + name, file)
+        store.download(folder + name, file)
         file.seek(0)
         digest = sha256_of(file)
         if digest != artifact["sha256"]:
@@ -72,7 +73,7 @@ async def handle_restore_backup(w: BackupWorker, command: RestoreBackup) -> None
     folder = target.backup.location
     extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
     try:
-        document = await asyncio.to_thread(w.store.get_json, folder + layout.MANIFEST)
+        document = await asyncio.to_thread(target.store.get_json, folder + layout.MANIFEST)
     except StoreError as exc:
         raise TerminalError(str(exc)) from exc
     if document.get("engine") != target.service.service_type:
@@ -87,7 +88,7 @@ async def handle_restore_backup(w: BackupWorker, command: RestoreBackup) -> None
         for artifact in artifacts:
             try:
                 paths[artifact["name"]] = await asyncio.to_thread(
-                    _fetch_and_check, w, folder, artifact, spool
+                    _fetch_and_check, w, target.store, folder, artifact, spool
                 )
             except StoreError as exc:
                 raise TerminalError(f"{exc}; nothing was restored") from exc
@@ -97,18 +98,11 @@ async def handle_restore_backup(w: BackupWorker, command: RestoreBackup) -> None
             with paths[entry["name"]].open("rb") as file:
                 yield file
 
-        restore_target = RestoreTarget(
-            client=w.docker,
-            container=target.container,
-            credentials=target.service.credentials(w.keyring),
-            identity=w.identity,
-            timeout_s=w.settings.backup_exec_timeout_s,
-        )
         log.info("restoring %s from %s", target.container, folder, extra=extra)
         async with service_lock(w.pool, command.service_id, wait_s=w.settings.backup_lock_wait_s):
             try:
                 await asyncio.to_thread(
-                    target.engine.restore, restore_target, artifacts, open_artifact
+                    target.engine.restore, target.handle, artifacts, open_artifact
                 )
             except ExecFailed as exc:
                 raise TerminalError(f"the restore failed: {exc}") from exc

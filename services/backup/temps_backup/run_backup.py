@@ -24,7 +24,7 @@ from temps_shared.messages import (
     RunBackup,
     utcnow,
 )
-from temps_shared.runtime.container_io import ExecFailed, exec_output
+from temps_shared.runtime.container_io import ExecFailed
 from temps_shared.service_lock import service_lock
 
 from temps_backup.context import BackupWorker
@@ -98,7 +98,7 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
             recipient=w.recipient,
             artifacts=artifacts,
         )
-        await asyncio.to_thread(w.store.put_json, folder + layout.MANIFEST, document)
+        await asyncio.to_thread(target.store.put_json, folder + layout.MANIFEST, document)
     await publish_event(
         w.js,
         BackupCompleted(
@@ -118,30 +118,30 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
 async def _take(
     w: BackupWorker, target: Target, folder: str, progress: Progress
 ) -> list[dict[str, Any]]:
-    credentials = target.service.credentials(w.keyring)
-    sources = await asyncio.to_thread(
-        target.engine.sources, w.docker, target.container, credentials
-    )
-    artifacts = []
-    for source in sources:
-        file_name = source.name + layout.SUFFIX
-        encoded = await asyncio.to_thread(
-            _upload, w, target.container, source, folder + file_name, progress
-        )
-        artifacts.append(
-            {**source.meta, "name": file_name, "size": encoded.size, "sha256": encoded.sha256}
-        )
-    return artifacts
+    """Every artifact of one snapshot, stored in turn."""
+
+    def take() -> list[dict[str, Any]]:
+        artifacts = []
+        with target.engine.snapshot(target.handle) as snapshot:
+            for source in snapshot.sources:
+                file_name = source.name + layout.SUFFIX
+                encoded = _upload(w, target, source, folder + file_name, progress)
+                artifacts.append(
+                    {**source.meta, "name": file_name, "size": encoded.size,
+                     "sha256": encoded.sha256}
+                )  # fmt: skip
+        return artifacts
+
+    return await asyncio.to_thread(take)
 
 
 def _upload(
-    w: BackupWorker, container: str, source: ArtifactSource, key: str, progress: Progress
+    w: BackupWorker, target: Target, source: ArtifactSource, key: str, progress: Progress
 ) -> EncodedSize:
     def produce(sink: BinaryIO) -> EncodedSize:
-        chunks = exec_output(w.docker, container, source.argv, source.env)
-        return encode(chunks, w.recipient, CountingSink(sink, progress))
+        return encode(source.chunks(), w.recipient, CountingSink(sink, progress))
 
-    return w.store.upload(key, produce)
+    return target.store.upload(key, produce)
 
 
 async def _announce(w: BackupWorker, command: RunBackup, progress: Progress) -> None:

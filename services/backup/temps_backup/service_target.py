@@ -1,14 +1,20 @@
-"""The service a command is about: its record, its engine's backup, its running container."""
+"""The service a command is about: its record, its engine's backup, a handle on its running
+container, and the store its backup lives in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from uuid import UUID
 
+from temps_shared.backups.destination import load_destination
 from temps_shared.backups.engines import ENGINE_BACKUPS
-from temps_shared.backups.protocol import EngineBackup
+from temps_shared.backups.protocol import EngineBackup, ServiceHandle
+from temps_shared.backups.store import BackupStore
 from temps_shared.bus.consume import RetryableError, TerminalError
+from temps_shared.engines import ENGINES
+from temps_shared.engines.base import dial_endpoints
 from temps_shared.ids import container_name
+from temps_shared.store import ports
 from temps_shared.store.backups import BackupRow, get_backup
 from temps_shared.store.services import ServiceRecord, get_service
 
@@ -20,7 +26,12 @@ class Target:
     service: ServiceRecord
     backup: BackupRow
     engine: EngineBackup
-    container: str
+    handle: ServiceHandle
+    store: BackupStore  # where this backup lives (its destination)
+
+    @property
+    def container(self) -> str:
+        return self.handle.container
 
 
 async def resolve(w: BackupWorker, service_id: UUID, backup_id: UUID) -> Target:
@@ -29,6 +40,12 @@ async def resolve(w: BackupWorker, service_id: UUID, backup_id: UUID) -> Target:
     async with w.pool.acquire() as conn:
         backup = await get_backup(conn, backup_id)
         service = await get_service(conn, service_id)
+        local_ports = await ports.local_ports(conn, service_id)
+        destination = (
+            await load_destination(conn, w.keyring, backup.destination_id, w.store.destination)
+            if backup is not None
+            else None
+        )
     if backup is None or backup.service_id != service_id:
         raise TerminalError(f"no backup {backup_id} of service {service_id} in the catalogue")
     if service is None or service.purged:
@@ -41,4 +58,20 @@ async def resolve(w: BackupWorker, service_id: UUID, backup_id: UUID) -> Target:
     if state is None or not state.running:
         status = "missing" if state is None else state.status
         raise RetryableError(f"container {container} is {status}", delay_s=5.0)
-    return Target(service, backup, engine, container)
+    handle = ServiceHandle(
+        client=w.docker,
+        container=container,
+        credentials=service.credentials(w.keyring),
+        endpoints=dial_endpoints(
+            w.settings.service_addressing,
+            ENGINES[service.service_type].ports,
+            container,
+            local_ports,
+        ),
+        ca_pem=w.ca_pem,
+        identity=w.identity,
+        timeout_s=w.settings.backup_exec_timeout_s,
+    )
+    assert destination is not None
+    store = w.store if destination.id is None else BackupStore(destination)
+    return Target(service, backup, engine, handle, store)

@@ -5,12 +5,18 @@ leaves the live roles alone (their passwords may have been rotated since)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
-import docker
-
 from temps_shared.backups.codec import decode
-from temps_shared.backups.protocol import ArtifactSource, OpenArtifact, RestoreTarget
+from temps_shared.backups.protocol import (
+    Figures,
+    OpenArtifact,
+    ServiceHandle,
+    Snapshot,
+    exec_source,
+)
 from temps_shared.engines.postgres import PORT
 from temps_shared.runtime.container_io import ExecInput, collect, exec_output
 
@@ -31,22 +37,22 @@ def _quoted(identifier: str) -> str:
 
 
 class PostgresBackup:
-    def sources(
-        self, client: docker.DockerClient, container: str, credentials: dict[str, str]
-    ) -> list[ArtifactSource]:
-        connection, env = _connection(credentials)
+    @contextlib.contextmanager
+    def snapshot(self, handle: ServiceHandle) -> Iterator[Snapshot]:
+        connection, env = _connection(handle.credentials)
         listing = collect(
             exec_output(
-                client,
-                container,
+                handle.client,
+                handle.container,
                 ["psql", *connection, "-d", "postgres", "-XAt", "-c", LIST_DATABASES],
                 env,
             )
         )
         databases = [line for line in listing.splitlines() if line]
         sources = [
-            ArtifactSource(
+            exec_source(
                 "globals.sql",
+                handle,
                 ["pg_dumpall", *connection, "--globals-only"],
                 env,
                 {"format": "sql"},
@@ -54,18 +60,23 @@ class PostgresBackup:
         ]
         for index, database in enumerate(databases):
             sources.append(
-                ArtifactSource(
+                exec_source(
                     f"database-{index}.dump",
+                    handle,
                     ["pg_dump", *connection, "-Fc", "-d", database],
                     env,
                     {"format": "pg_dump-custom", "database": database},
                 )
             )
-        return sources
+        yield Snapshot(sources)
+
+    def figures(self, handle: ServiceHandle) -> Figures:
+        return {}
 
     def restore(
-        self, target: RestoreTarget, artifacts: list[dict[str, Any]], open_artifact: OpenArtifact
+        self, handle: ServiceHandle, artifacts: list[dict[str, Any]], open_artifact: OpenArtifact
     ) -> None:
+        target = handle
         connection, env = _connection(target.credentials)
         for artifact in artifacts:
             database = artifact.get("database")

@@ -4,14 +4,22 @@ directory and starting it again (with AOF on, the AOF is rebuilt from the restor
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 
 from temps_shared.backups.codec import CHUNK, decode
-from temps_shared.backups.protocol import ArtifactSource, OpenArtifact, RestoreTarget
+from temps_shared.backups.protocol import (
+    Figures,
+    OpenArtifact,
+    ServiceHandle,
+    Snapshot,
+    exec_source,
+)
 from temps_shared.engines.redis import DATA_MOUNT, PORT
 from temps_shared.engines.redis_acl import ADMIN_USER, BACKUP_USER
 from temps_shared.runtime.container_io import (
@@ -76,21 +84,27 @@ def _wait_ready(client: docker.DockerClient, container: str, credentials: dict[s
 
 
 class RedisBackup:
-    def sources(
-        self, client: docker.DockerClient, container: str, credentials: dict[str, str]
-    ) -> list[ArtifactSource]:
-        return [
-            ArtifactSource(
-                "dump.rdb",
-                ["sh", "-c", DUMP_SCRIPT],
-                {"REDISCLI_AUTH": credentials["backup_password"]},
-                {"format": "rdb"},
-            )
-        ]
+    @contextlib.contextmanager
+    def snapshot(self, handle: ServiceHandle) -> Iterator[Snapshot]:
+        yield Snapshot(
+            [
+                exec_source(
+                    "dump.rdb",
+                    handle,
+                    ["sh", "-c", DUMP_SCRIPT],
+                    {"REDISCLI_AUTH": handle.credentials["backup_password"]},
+                    {"format": "rdb"},
+                )
+            ]
+        )
+
+    def figures(self, handle: ServiceHandle) -> Figures:
+        return {}
 
     def restore(
-        self, target: RestoreTarget, artifacts: list[dict[str, Any]], open_artifact: OpenArtifact
+        self, handle: ServiceHandle, artifacts: list[dict[str, Any]], open_artifact: OpenArtifact
     ) -> None:
+        target = handle
         (artifact,) = [a for a in artifacts if a.get("format") == "rdb"]
         client, container, credentials = target.client, target.container, target.credentials
         with tempfile.TemporaryFile() as plain:
