@@ -88,10 +88,8 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
                 await announcer
         document = layout.manifest(
             backup_id=command.backup_id,
-            service_id=command.service_id,
-            service_name=target.service.name,
-            engine=target.service.service_type,
-            version=target.service.version,
+            service=target.service,
+            keyring=w.keyring,
             kind=command.kind,
             started_at=started_at,
             finished_at=utcnow(),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+from temps_shared.crypto import KeyRing
+from temps_shared.store.services import ServiceRecord
 
 MANIFEST = "manifest.json"
 SUFFIX = ".zst.age"  # zstd inside, age outside
@@ -18,13 +22,32 @@ def backup_folder(engine: str, service_name: str, requested_at: datetime, backup
     return f"external_services/{engine}/{service_name}/{day}/{backup_id}/"
 
 
+def credentials_aad(backup_id: UUID) -> bytes:
+    """The manifest's credentials are bound to their backup (not to a service id, which a
+    restore onto a fresh installation does not keep)."""
+    return f"backup-credentials:{backup_id}".encode()
+
+
+def service_section(service: ServiceRecord, keyring: KeyRing, backup_id: UUID) -> dict[str, Any]:
+    """What recreates the service with no control plane: its settings, and its admin
+    credentials encrypted with the master key (AES-GCM, `temps_shared.crypto`)."""
+    credentials = json.dumps(service.credentials(keyring)).encode()
+    return {
+        "id": str(service.id),
+        "name": service.name,
+        "engine": service.service_type,
+        "version": service.version,
+        "parameters": service.parameters,
+        "resources": service.resources,
+        "credentials_encrypted": keyring.encrypt(credentials, credentials_aad(backup_id)),
+    }
+
+
 def manifest(
     *,
     backup_id: UUID,
-    service_id: UUID,
-    service_name: str,
-    engine: str,
-    version: str,
+    service: ServiceRecord,
+    keyring: KeyRing,
     kind: str,
     started_at: datetime,
     finished_at: datetime,
@@ -35,10 +58,11 @@ def manifest(
     return {
         "format_version": FORMAT_VERSION,
         "backup_id": str(backup_id),
-        "service_id": str(service_id),
-        "service_name": service_name,
-        "engine": engine,
-        "version": version,
+        "service_id": str(service.id),
+        "service_name": service.name,
+        "engine": service.service_type,
+        "version": service.version,
+        "service": service_section(service, keyring, backup_id),
         "kind": kind,
         "started_at": started_at.isoformat(),
         "finished_at": finished_at.isoformat(),

@@ -22,8 +22,9 @@ from temps_api.errors import ApiError, error_responses, not_found
 router = APIRouter(prefix="/api/external-services", tags=["backups"])
 Reader = Annotated[Principal, Depends(require(BACKUPS_READ))]
 Writer = Annotated[Principal, Depends(require(BACKUPS_WRITE))]
-# The engines the backup worker can back up so far (S3 comes next).
-BACKED_UP = ("postgres", "redis")
+# The engines the backup worker can back up (`temps_shared.backups.engines`: not imported
+# here, it brings the Docker SDK).
+BACKED_UP = ("postgres", "redis", "s3")
 
 
 async def _service(conn: Connection, service_id: UUID) -> ServiceRecord:
