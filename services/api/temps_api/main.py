@@ -37,6 +37,7 @@ from temps_api.projector import run_health_projector, run_projector
 from temps_api.request_guard import RequestGuard
 from temps_api.routes import (
     audit_log,
+    backup_destination,
     backups,
     events,
     health,
@@ -162,6 +163,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         audit_log,
         events,
         backups,
+        backup_destination,
     ):
         document_errors(app, module.router)  # before including: FastAPI may copy the routes
         app.include_router(module.router)

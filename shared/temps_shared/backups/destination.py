@@ -5,11 +5,22 @@ built-in store), so a backup stays readable after the installation points somewh
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import UUID
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID, uuid4
+
+import boto3
+import botocore.config
+import botocore.exceptions
 
 from temps_shared.crypto import KeyRing
+from temps_shared.ids import container_name
 from temps_shared.settings import TempsSettings
 from temps_shared.store.types import Executor
 
@@ -74,3 +85,178 @@ async def active_destination_id(conn: Executor) -> UUID | None:
     """The destination new backups go to (None: the built-in store)."""
     value: UUID | None = await conn.fetchval("SELECT id FROM backup_destinations WHERE active")
     return value
+
+
+# --- Checking a destination before it is accepted -------------------------------------------
+
+PROBE_PREFIX = ".temps-probe/"
+CHECK_STEPS = ("bucket", "write", "read", "delete")
+# Each S3 call: connect within CHECK_CONNECT_S, answer within CHECK_READ_S, at most two
+# attempts; the whole check answers within CHECK_DEADLINE_S even if a call hangs past that.
+CHECK_CONNECT_S = 3.0
+CHECK_READ_S = 5.0
+CHECK_DEADLINE_S = 15.0
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """The step of the write/read/delete check that failed, and the store's error."""
+
+    step: str  # one of CHECK_STEPS, or "timeout"
+    error: str
+
+
+def _check_client(destination: Destination, ca_file: str | None) -> Any:
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=destination.endpoint,
+        region_name=destination.region,
+        aws_access_key_id=destination.access_key_id,
+        aws_secret_access_key=destination.secret_access_key,
+        verify=ca_file,
+        config=botocore.config.Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if destination.path_style else "virtual"},
+            connect_timeout=CHECK_CONNECT_S,
+            read_timeout=CHECK_READ_S,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    )
+
+
+def _describe(exc: BaseException, secret: str) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.replace(secret, "***") if secret else text
+
+
+def check_destination(destination: Destination) -> CheckFailure | None:
+    """Blocking (boto3; call from a thread): a probe object can be written (the bucket is
+    created when it does not exist), read back equal and deleted. None when every step passed.
+    Writing first: an S3 error body (wrong key, access denied) says more than a HEAD's."""
+    probe_key = f"{PROBE_PREFIX}{uuid4()}"
+    body = f"temps backup destination probe {probe_key}\n".encode()
+    with tempfile.TemporaryDirectory(prefix="temps-destination-check-") as scratch:
+        ca_file = None
+        if destination.ca_pem is not None:
+            ca_file = str(Path(scratch) / "ca.pem")
+            Path(ca_file).write_text(destination.ca_pem)
+        step = "write"
+        try:
+            s3 = _check_client(destination, ca_file)
+            try:
+                s3.put_object(Bucket=destination.bucket, Key=probe_key, Body=body)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                    raise
+                step = "bucket"  # a bucket that does not exist yet is created
+                s3.create_bucket(Bucket=destination.bucket)
+                step = "write"
+                s3.put_object(Bucket=destination.bucket, Key=probe_key, Body=body)
+            step = "read"
+            read = s3.get_object(Bucket=destination.bucket, Key=probe_key)["Body"].read()
+            if read != body:
+                return CheckFailure(
+                    "read", "the probe object read back differs from the one written"
+                )
+            step = "delete"
+            s3.delete_object(Bucket=destination.bucket, Key=probe_key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            return CheckFailure(step, _describe(exc, destination.secret_access_key))
+        except (OSError, ValueError) as exc:  # a bad CA file, an unusable endpoint URL
+            return CheckFailure(step, _describe(exc, destination.secret_access_key))
+    return None
+
+
+async def check_destination_within(
+    destination: Destination, deadline_s: float = CHECK_DEADLINE_S
+) -> CheckFailure | None:
+    """`check_destination` in a thread, answered within `deadline_s` (a hung call is left to
+    finish on its own: its timeouts end it)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(check_destination, destination), deadline_s)
+    except TimeoutError:
+        return CheckFailure("timeout", f"the store did not answer within {deadline_s:.0f} s")
+
+
+# --- A service never backs up into itself ----------------------------------------------------
+
+_LOOKUP_S = 3.0
+
+
+@dataclass(frozen=True)
+class PlatformS3:
+    """Where one of the platform's S3 services answers: its container name on the services'
+    network (S3 port) and its port published on the host's loopback."""
+
+    service_id: UUID
+    name: str
+    container: str
+    port: int
+    local_port: int | None
+
+
+async def platform_s3_services(conn: Executor) -> list[PlatformS3]:
+    from temps_shared.engines.s3 import S3_PORT  # the engines bring their SDKs: only here
+
+    rows = await conn.fetch(
+        "SELECT s.id, s.name, p.local_port FROM services s"
+        " LEFT JOIN service_ports p ON p.service_id = s.id AND p.port_name = 's3'"
+        " WHERE s.service_type = 's3' AND NOT s.purged"
+    )
+    return [
+        PlatformS3(r["id"], r["name"], container_name("s3", r["name"]), S3_PORT, r["local_port"])
+        for r in rows
+    ]
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    url = urlsplit(endpoint)
+    host = (url.hostname or "").rstrip(".").lower()
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return host, port
+
+
+async def _is_loopback(host: str) -> bool:
+    """The host names this machine's loopback (an address, `localhost`, or a name resolving
+    there); a name that does not resolve in time is not."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM),
+            _LOOKUP_S,
+        )
+    except (OSError, TimeoutError):
+        return False
+    return any(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+async def services_serving(conn: Executor, endpoint: str) -> list[PlatformS3]:
+    """The platform's S3 services `endpoint` reaches: by container name and S3 port, or by the
+    loopback port published for it. (Their certificates name only these, `localhost` and
+    127.0.0.1, so no other address passes TLS verification.)"""
+    host, port = _host_port(endpoint)
+    services = await platform_s3_services(conn)
+    named = [s for s in services if host == s.container and port == s.port]
+    published = [s for s in services if s.local_port == port and s not in named]
+    if published and await _is_loopback(host):
+        named += published
+    return named
+
+
+async def self_backup_reason(
+    conn: Executor, destination: Destination, service_id: UUID
+) -> str | None:
+    """Why a backup of `service_id` must not go to `destination` (it is served by that very
+    service), or None. The backup worker calls it before it writes anything."""
+    for served in await services_serving(conn, destination.endpoint):
+        if served.service_id == service_id:
+            return (
+                f"the backup destination {destination.endpoint} is service {served.name} itself:"
+                " a service never backs up into itself"
+            )
+    return None
