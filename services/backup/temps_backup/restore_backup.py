@@ -67,7 +67,7 @@ def _fetch_and_check(
 
 
 async def handle_restore_backup(w: BackupWorker, command: RestoreBackup) -> None:
-    target = await resolve(w, command.service_id, command.backup_id)
+    target = await resolve(w, command.service_id, command.backup_id, restoring=True)
     if target.backup.state != "completed" or target.backup.location is None:
         raise TerminalError(f"backup {command.backup_id} is {target.backup.state}, not completed")
     folder = target.backup.location

@@ -20,6 +20,11 @@ from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_backup.context import BackupWorker
 
+# A restore into a service still being provisioned (restored as a new service, or onto a fresh
+# installation) waits for it without holding the worker: redelivered this much later, up to the
+# consumer's max_deliver (5) — about three minutes in all.
+PROVISIONING_RETRY_S = 45.0
+
 
 @dataclass(frozen=True)
 class Target:
@@ -34,25 +39,39 @@ class Target:
         return self.handle.container
 
 
-async def resolve(w: BackupWorker, service_id: UUID, backup_id: UUID) -> Target:
+async def resolve(
+    w: BackupWorker, service_id: UUID, backup_id: UUID, *, restoring: bool = False
+) -> Target:
     """Raises `TerminalError` for what no retry can fix (no such backup or service, an engine
-    without backups), `RetryableError` while the container is not running."""
+    without backups), `RetryableError` while the container is not running.
+
+    `restoring`: the backup may be another service's (a restore as a new service; the caller
+    checks the engines match), and a service still provisioning is waited for."""
     async with w.pool.acquire() as conn:
         backup = await get_backup(conn, backup_id)
         service = await get_service(conn, service_id)
+        status: str | None = await conn.fetchval(
+            "SELECT status FROM service_status WHERE service_id = $1", service_id
+        )
         local_ports = await ports.local_ports(conn, service_id)
         destination = (
             await load_destination(conn, w.keyring, backup.destination_id, w.store.destination)
             if backup is not None
             else None
         )
-    if backup is None or backup.service_id != service_id:
+    if backup is None or (backup.service_id != service_id and not restoring):
         raise TerminalError(f"no backup {backup_id} of service {service_id} in the catalogue")
     if service is None or service.purged:
         raise TerminalError(f"service {service_id} no longer exists")
     engine = ENGINE_BACKUPS.get(service.service_type)
     if engine is None:
         raise TerminalError(f"backups of {service.service_type} services are not supported yet")
+    if restoring and status in (None, "provisioning"):
+        raise RetryableError(
+            f"service {service.name} is still being provisioned", delay_s=PROVISIONING_RETRY_S
+        )
+    if restoring and status == "failed":
+        raise TerminalError(f"service {service.name} failed to start; nothing was restored")
     container = container_name(service.service_type, service.name)
     state = await w.runtime.inspect(container)
     if state is None or not state.running:

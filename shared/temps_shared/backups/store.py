@@ -117,3 +117,76 @@ class BackupStore:
             self._s3.download_fileobj(self.bucket, key, sink, Config=TRANSFER)
         except ClientError as exc:
             raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (paginated listing)."""
+        found: list[str] = []
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                found.extend(str(item["Key"]) for item in page.get("Contents", []))
+        except ClientError as exc:
+            raise StoreError(f"cannot list {prefix} in bucket {self.bucket}: {exc}") from exc
+        return found
+
+    def open_object(self, key: str) -> BinaryIO:
+        """`key`'s bytes as a stream read from the store as it is consumed (close it)."""
+        try:
+            body: BinaryIO = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
+        return body
+
+    def delete_folder(self, folder: str) -> int:
+        """Delete every object (every version, where the bucket keeps versions) under `folder`
+        and abort the unfinished multipart uploads there; returns the objects deleted."""
+        if not folder.endswith("/") or folder.count("/") < 2:
+            raise StoreError(f"refusing to delete {folder!r}: not a backup's folder")
+        try:
+            deleted = self._delete_versions(folder)
+            for page in self._s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=folder
+            ):
+                for upload in page.get("Uploads", []):
+                    self._s3.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+        except ClientError as exc:
+            raise StoreError(f"cannot delete {folder} in bucket {self.bucket}: {exc}") from exc
+        return deleted
+
+    def _delete_versions(self, folder: str) -> int:
+        deleted, previous = 0, None
+        while True:  # listed again after each batch: what a page named may be gone
+            listed = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=folder, MaxKeys=1000)
+            batch = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
+            batch += self._old_versions(folder)
+            if not batch:
+                return deleted
+            if batch == previous:
+                raise StoreError(f"objects under {folder} stay after their deletion")
+            previous = batch
+            answer = self._s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+            if errors := answer.get("Errors"):
+                first = errors[0]
+                raise StoreError(
+                    f"cannot delete {first.get('Key')} in bucket {self.bucket}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+            deleted += len(batch)
+
+    def _old_versions(self, folder: str) -> list[dict[str, str]]:
+        """Versions and delete markers under `folder` in a versioned bucket (none elsewhere)."""
+        try:
+            listed = self._s3.list_object_versions(Bucket=self.bucket, Prefix=folder, MaxKeys=1000)
+        except ClientError:
+            return []  # a store without versioning support
+        return [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for kind in ("Versions", "DeleteMarkers")
+            for item in listed.get(kind, [])
+            if item.get("VersionId") not in (None, "null")
+        ]
