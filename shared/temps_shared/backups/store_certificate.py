@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from temps_shared.store.certificate_authority import load_or_create_ca_files
 from temps_shared.tls import issue_server_certificate
@@ -48,9 +49,12 @@ def _current(cert_path: Path, ca_pem: str) -> bool:
         return False
     names = set(sans.get_values_for_type(x509.DNSName))
     addresses = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    try:
+        cert.verify_directly_issued_by(issuer)  # signed by this CA (not one of the same name)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
     return (
-        cert.issuer == issuer.subject
-        and names >= set(DNS_NAMES)
+        names >= set(DNS_NAMES)
         and addresses >= set(IP_ADDRESSES)
         and cert.not_valid_after_utc - datetime.now(UTC) > RENEW_BEFORE
     )
