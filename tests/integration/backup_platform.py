@@ -1,0 +1,114 @@
+"""A platform whose gateway and backup worker share a real S3 backup store (SeaweedFS): the
+gateway reads it for downloads, the worker writes and restores. Helpers the backup download,
+restore-as-new-service and `temps backup` tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from temps_backup.main import serve as serve_backup
+from temps_backup.settings import BackupSettings
+
+from tests.integration.backup_store import SeaweedStore
+from tests.integration.conftest import Platform
+from tests.support import eventually, wait_status
+
+BUCKET = "temps-backups"
+
+
+def store_env(store: SeaweedStore, bucket: str = BUCKET) -> dict[str, str]:
+    return {
+        "TEMPS_BACKUP_STORE_ENDPOINT": store.endpoint,
+        "TEMPS_BACKUP_STORE_ACCESS_KEY": store.access_key,
+        "TEMPS_BACKUP_STORE_SECRET_KEY": store.secret_key,
+        "TEMPS_BACKUP_BUCKET": bucket,
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_platform(env: dict[str, str]) -> AsyncIterator[Platform]:
+    """API, provisioner and backup worker on `env` (which names the backup store)."""
+    platform = Platform(env)
+    await platform.start_api()
+    await platform.start_provisioner()
+    settings = BackupSettings(
+        **{k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}, backup_progress_s=0.5
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(serve_backup(settings, stop))
+    try:
+        yield platform
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(worker, 30)
+        with contextlib.suppress(asyncio.CancelledError):
+            await platform.stop()
+
+
+async def create_service(api: httpx.AsyncClient, name: str, service_type: str, **extra: Any) -> str:
+    response = await api.post(
+        "/api/external-services", json={"name": name, "service_type": service_type, **extra}
+    )
+    assert response.status_code == 202, response.text
+    service_id: str = response.json()["id"]
+    await wait_status(api, service_id, "operational", timeout_s=180)
+    return service_id
+
+
+async def backup_entry(api: httpx.AsyncClient, service_id: str, backup_id: str) -> dict[str, Any]:
+    response = await api.get(f"/api/external-services/{service_id}/backups/{backup_id}")
+    assert response.status_code == 200, response.text
+    entry: dict[str, Any] = response.json()
+    return entry
+
+
+async def take_backup(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
+    """Ask for a backup and wait (bounded) until it completed."""
+    response = await api.post(f"/api/external-services/{service_id}/backups")
+    assert response.status_code == 202, response.text
+    backup_id = response.json()["id"]
+
+    async def done() -> dict[str, Any] | None:
+        entry = await backup_entry(api, service_id, backup_id)
+        assert entry["state"] != "failed", entry["reason"]
+        return entry if entry["state"] == "completed" else None
+
+    return await eventually(done, 180, f"backup {backup_id} to complete", interval_s=0.5)
+
+
+async def restore_ended(
+    api: httpx.AsyncClient, service_id: str, backup_id: str, restore_id: str, timeout_s: float
+) -> dict[str, Any]:
+    """The backup's restore record once it ended (either way)."""
+
+    async def ended() -> dict[str, Any] | None:
+        restore = (await backup_entry(api, service_id, backup_id))["restore"]
+        assert restore is not None
+        assert restore["id"] == restore_id
+        return dict(restore) if restore["state"] in ("completed", "failed") else None
+
+    return await eventually(ended, timeout_s, f"restore {restore_id} to end", interval_s=0.5)
+
+
+async def pg_connect(creds: dict[str, Any], database: str | None = None) -> asyncpg.Connection:
+    context = ssl.create_default_context(cadata=creds["ca_certificate"])
+    url = creds["local_connection_url"].split("?")[0]
+    if database is not None:
+        url = url.rsplit("/", 1)[0] + f"/{database}"
+    return await asyncpg.connect(url, ssl=context)
+
+
+def copy_master_key(source: Path, target: Path) -> None:
+    """A fresh installation's data dir holding only the master key the user kept."""
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = target / "encryption_key"
+    key.write_text((source / "encryption_key").read_text())
+    key.chmod(0o600)
