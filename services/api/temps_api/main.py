@@ -38,6 +38,7 @@ from temps_api.request_guard import RequestGuard
 from temps_api.routes import (
     audit_log,
     backup_destination,
+    backup_schedule,
     backups,
     events,
     health,
@@ -164,6 +165,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         events,
         backups,
         backup_destination,
+        backup_schedule,
     ):
         document_errors(app, module.router)  # before including: FastAPI may copy the routes
         app.include_router(module.router)

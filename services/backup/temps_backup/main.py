@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 
 import pyrage
@@ -21,6 +23,7 @@ from temps_shared.worker_process import run_worker
 
 from temps_backup.context import BackupWorker
 from temps_backup.handlers import make_handler, make_on_terminal
+from temps_backup.scheduler import run_scheduler
 from temps_backup.settings import BackupSettings
 
 log = logging.getLogger(__name__)
@@ -53,14 +56,23 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
             store=store,
             settings=settings,
         )
-        await consume(
-            worker.js,
-            BACKUP_CONSUMER,
-            make_handler(worker),
-            stop=stop,
-            on_terminal=make_on_terminal(worker),
-            concurrency=settings.backup_concurrency,
+        scheduler = asyncio.create_task(
+            run_scheduler(worker, stop, f"temps-backup-{settings.node_id}-{os.getpid()}")
         )
+        try:
+            await consume(
+                worker.js,
+                BACKUP_CONSUMER,
+                make_handler(worker),
+                stop=stop,
+                on_terminal=make_on_terminal(worker),
+                concurrency=settings.backup_concurrency,
+            )
+        finally:  # the scheduler ends with the consumer: its round first, on a clean stop
+            if not stop.is_set():
+                scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
 
 
 async def _store_ready(store: BackupStore, wait_s: float) -> None:

@@ -24,3 +24,19 @@ class BackupSettings(TempsSettings):
     backup_exec_timeout_s: float = Field(
         3600.0, gt=0, description="Bound of one restore command inside a service container."
     )
+    backup_scheduler_period_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the scheduler starts due scheduled backups, deletes expired "
+        "ones (and those of deleted services) and fails overdue ones; its first round comes "
+        "one period after start.",
+    )
+    backup_deadline_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="A backup still requested or running this long after it was asked for "
+        "is failed.",
+    )
+    backup_scheduler_batch: int = Field(
+        100, ge=1, description="At most this many schedules, deletions or deadlines per round."
+    )
