@@ -3,6 +3,11 @@ WAL snapshot, the status verdicts of the monitor, and the replicas' state each c
 
 Applied by the projectors (projector.py): `HealthChecked` and `WalHealthRecorded` from the
 health stream, the monitor's `ServiceStatusChanged` from the event stream.
+
+A backup's failed verification also degrades the service (`with_verification`, the one place
+of that rule): while the newest backup that has a verification outcome failed it, any status
+that would be `operational` (the monitor's, the provisioner's) is `degraded` with that reason,
+and a `degraded` one carries it too; a newer backup that verifies lifts it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from uuid import UUID
 
 from temps_shared.messages import (
     MONITOR_OWNED,
+    BackupVerificationFailed,
+    BackupVerified,
     Event,
     HealthChecked,
+    ServiceStatus,
     ServiceStatusChanged,
     WalHealthRecorded,
 )
@@ -25,6 +33,12 @@ HEALTH_PROJECTION = "service_health"
 DEFAULT_RETENTION = timedelta(days=30)
 
 _LIVE = "EXISTS (SELECT 1 FROM services WHERE id = $1 AND NOT purged)"
+VERIFICATION_REASON = "backup verification failed"  # how a reason names this rule's part
+_LATEST_VERIFICATION = (
+    "SELECT backup_id, verify_state, verify_reason FROM backups WHERE service_id = $1"
+    " AND verify_state IN ('verified', 'verification_failed')"
+    " ORDER BY requested_at DESC, backup_id LIMIT 1"
+)
 
 
 async def _checked(conn: Connection, event: HealthChecked, retention: timedelta) -> None:
@@ -109,10 +123,67 @@ async def apply_health_event(
             log.debug("the health projector ignores %s", event.type_name())
 
 
+async def verification_failure(conn: Connection, service_id: UUID) -> str | None:
+    """The reason the service is degraded by its backups: its newest backup with a
+    verification outcome failed it (None otherwise)."""
+    row = await conn.fetchrow(_LATEST_VERIFICATION, service_id)
+    if row is None or row["verify_state"] != "verification_failed":
+        return None
+    return f"{VERIFICATION_REASON} (backup {row['backup_id']}): {row['verify_reason']}"
+
+
+def _without_verification(reason: str | None) -> str | None:
+    """`reason` without this rule's part (None when nothing else is left)."""
+    if reason is None:
+        return None
+    kept = [part for part in reason.split("; ") if not part.startswith(VERIFICATION_REASON)]
+    return "; ".join(kept) or None
+
+
+async def with_verification(
+    conn: Connection, service_id: UUID, status: str, reason: str | None
+) -> tuple[str, str | None]:
+    """The status and reason to record once the backups' verification is taken into account."""
+    failure = await verification_failure(conn, service_id)
+    if failure is None or status not in (ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED):
+        return status, reason
+    own = _without_verification(reason)
+    return ServiceStatus.DEGRADED, f"{own}; {failure}" if own else failure
+
+
+async def apply_verification(
+    conn: Connection, event: BackupVerified | BackupVerificationFailed
+) -> None:
+    """After the catalogue recorded a verification outcome: the service's status follows the
+    rule (degraded by a failure, lifted by a newer success)."""
+    row = await conn.fetchrow(
+        "SELECT status, status_reason FROM service_status WHERE service_id = $1 FOR UPDATE",
+        event.service_id,
+    )
+    if row is None or row["status"] not in (ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED):
+        return
+    status, reason = row["status"], row["status_reason"]
+    if await verification_failure(conn, event.service_id) is None:
+        if reason is None or VERIFICATION_REASON not in reason:
+            return
+        reason = _without_verification(reason)
+        status = ServiceStatus.DEGRADED if reason else ServiceStatus.OPERATIONAL
+    else:
+        status, reason = await with_verification(conn, event.service_id, status, reason)
+    await conn.execute(
+        "UPDATE service_status SET status = $2, status_reason = $3, updated_at = now()"
+        " WHERE service_id = $1",
+        event.service_id,
+        status,
+        reason,
+    )
+
+
 async def apply_monitor_status(conn: Connection, event: ServiceStatusChanged) -> None:
     """The monitor's verdict becomes the status only while the status is one the monitor owns,
     no newer user request was made, and no newer check has been recorded (`occurred_at` is the
-    check's time)."""
+    check's time); a failed backup verification keeps it degraded (`with_verification`)."""
+    status, reason = await with_verification(conn, event.service_id, event.status, event.reason)
     await conn.execute(
         "UPDATE service_status st SET status = $2, status_reason = $3, updated_at = now()"
         " WHERE st.service_id = $1 AND st.status = ANY($4::text[]) AND $2 = ANY($4::text[])"
@@ -120,8 +191,8 @@ async def apply_monitor_status(conn: Connection, event: ServiceStatusChanged) ->
         " AND NOT EXISTS (SELECT 1 FROM service_health h"
         "   WHERE h.service_id = $1 AND h.checked_at > $6)",
         event.service_id,
-        event.status,
-        event.reason,
+        status,
+        reason,
         list(MONITOR_OWNED),
         event.generation or 0,
         event.occurred_at,

@@ -19,6 +19,8 @@ from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSU
 from temps_shared.messages import (
     MONITOR_SOURCE,
     BackupEvent,
+    BackupVerificationFailed,
+    BackupVerified,
     Event,
     LinkRequested,
     LinkRevokeRequested,
@@ -38,7 +40,9 @@ from temps_api.health_projection import (
     HEALTH_PROJECTION,
     apply_health_event,
     apply_monitor_status,
+    apply_verification,
     forget_health,
+    with_verification,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ async def _set(
             row["requested_generation"],
         )
         return
+    status, reason = await with_verification(conn, event.service_id, status, reason)
     await conn.execute(
         "UPDATE service_status SET status = $2, status_reason = $3,"
         " connection_info = coalesce($4, connection_info),"
@@ -153,6 +158,9 @@ async def apply_event(conn: Connection, event: Event) -> None:
                 " WHERE link_id = ANY($1::uuid[])",
                 event.revoked,
             )
+        case BackupVerified() | BackupVerificationFailed():
+            await apply_backup_event(conn, event)
+            await apply_verification(conn, event)
         case BackupEvent():
             await apply_backup_event(conn, event)
         case ServiceDeleted():

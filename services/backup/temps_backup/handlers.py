@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from temps_shared.bus.consume import Handler, OnTerminal
-from temps_shared.messages import Command, RestoreBackup, RunBackup
+from temps_shared.messages import Command, RestoreBackup, RunBackup, VerifyBackup
 from temps_shared.worker import CommandHandler, dispatcher, terminal_announcer
 
 from temps_backup.context import BackupWorker
 from temps_backup.restore_backup import announce_restore_failure, handle_restore_backup
 from temps_backup.run_backup import announce_backup_failure, handle_run_backup
+from temps_backup.verify_backup import announce_verification_failure, handle_verify_backup
 
 HANDLERS: dict[type[Command], CommandHandler[BackupWorker]] = {
     RunBackup: handle_run_backup,
     RestoreBackup: handle_restore_backup,
+    VerifyBackup: handle_verify_backup,
 }
 
 
@@ -22,5 +24,10 @@ def make_handler(w: BackupWorker) -> Handler:
 
 def make_on_terminal(w: BackupWorker) -> OnTerminal:
     return terminal_announcer(
-        w, {RunBackup: announce_backup_failure, RestoreBackup: announce_restore_failure}
+        w,
+        {
+            RunBackup: announce_backup_failure,
+            RestoreBackup: announce_restore_failure,
+            VerifyBackup: announce_verification_failure,
+        },
     )

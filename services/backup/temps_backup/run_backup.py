@@ -8,13 +8,15 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+from uuid import UUID
 
+import asyncpg
 from temps_shared.backups import layout
 from temps_shared.backups.codec import EncodedSize, encode
-from temps_shared.backups.protocol import ArtifactSource
+from temps_shared.backups.protocol import ArtifactSource, Figures
 from temps_shared.backups.store import StoreError
 from temps_shared.bus.consume import TerminalError
-from temps_shared.bus.publish import publish_event
+from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.messages import (
     BackupCompleted,
     BackupFailed,
@@ -22,6 +24,7 @@ from temps_shared.messages import (
     BackupStarted,
     Role,
     RunBackup,
+    VerifyBackup,
     utcnow,
 )
 from temps_shared.runtime.container_io import ExecFailed
@@ -79,7 +82,7 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
         progress = Progress()
         announcer = asyncio.create_task(_announce(w, command, progress))
         try:
-            artifacts = await _take(w, target, folder, progress)
+            artifacts, figures = await _take(w, target, folder, progress)
         except (ExecFailed, StoreError) as exc:
             raise TerminalError(str(exc)) from exc
         finally:
@@ -96,6 +99,7 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
             recipient=w.recipient,
             artifacts=artifacts,
         )
+        document["figures"] = figures  # taken in the artifacts' snapshot: what a verify checks
         await asyncio.to_thread(target.store.put_json, folder + layout.MANIFEST, document)
     await publish_event(
         w.js,
@@ -111,14 +115,47 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
     log.info(
         "backup %s complete (%d bytes)", command.backup_id, document["size_bytes"], extra=extra
     )
+    if await should_verify(w.pool, command.service_id):
+        await publish_command(
+            w.js,
+            VerifyBackup(service_id=command.service_id, backup_id=command.backup_id),
+            origin=Role.BACKUP,
+        )
+
+
+async def verify_policy(pool: asyncpg.Pool, service_id: UUID) -> str:
+    """The service's `verify` setting: every | daily | off (every when none is set)."""
+    try:
+        value = await pool.fetchval(
+            "SELECT verify FROM backup_schedules WHERE service_id = $1", service_id
+        )
+    except asyncpg.UndefinedTableError:  # an installation not migrated that far
+        return "every"
+    return str(value) if value else "every"
+
+
+async def should_verify(pool: asyncpg.Pool, service_id: UUID) -> bool:
+    """Whether a completed backup is test-restored: `daily` only when no backup of the service
+    was verified in the last 24 hours."""
+    policy = await verify_policy(pool, service_id)
+    if policy == "off":
+        return False
+    if policy == "daily":
+        recent = await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM backups WHERE service_id = $1"
+            " AND verify_state = 'verified' AND verified_at > now() - interval '24 hours')",
+            service_id,
+        )
+        return not recent
+    return True
 
 
 async def _take(
     w: BackupWorker, target: Target, folder: str, progress: Progress
-) -> list[dict[str, Any]]:
-    """Every artifact of one snapshot, stored in turn."""
+) -> tuple[list[dict[str, Any]], Figures]:
+    """Every artifact of one snapshot, stored in turn, and the snapshot's figures."""
 
-    def take() -> list[dict[str, Any]]:
+    def take() -> tuple[list[dict[str, Any]], Figures]:
         artifacts = []
         with target.engine.snapshot(target.handle) as snapshot:
             for source in snapshot.sources:
@@ -128,7 +165,8 @@ async def _take(
                     {**source.meta, "name": file_name, "size": encoded.size,
                      "sha256": encoded.sha256}
                 )  # fmt: skip
-        return artifacts
+            figures = snapshot.figures()
+        return artifacts, figures
 
     return await asyncio.to_thread(take)
 

@@ -1,24 +1,38 @@
 """Redis: an RDB snapshot through the backup ACL user (`redis-cli --rdb`, a replica's sync),
 taken inside the container; restored by stopping the server, putting the RDB in its data
-directory and starting it again (with AOF on, the AOF is rebuilt from the restored data)."""
+directory and starting it again (with AOF on, the AOF is rebuilt from the restored data).
+
+Figures are taken from that very RDB: before it is streamed out, a second `redis-server` in the
+service's container loads it (unix socket only, no TCP port, no persistence) and one Lua script
+counts its keys and digests a sample; the server is shut down before the upload starts. Cost:
+memory for a second copy of the dataset in the container for the time of the load and the
+script (the Lua script lists every key name). The same script runs on a restored service.
+
+Per database: the number of keys without a TTL (exact), and for the first `SAMPLE` of them by
+name, SHA-1 of the name → type and SHA-1 of a canonical encoding of the value (sorted for sets
+and hashes). Keys with a TTL are only counted, under `_volatile` (informational): they may have
+expired by the time a backup is verified or restored."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
 
 from temps_shared.backups.codec import CHUNK, decode
+from temps_shared.backups.figures import SUMMARY
 from temps_shared.backups.protocol import (
+    ArtifactSource,
     Figures,
     OpenArtifact,
     ServiceHandle,
     Snapshot,
-    exec_source,
 )
 from temps_shared.engines.redis import DATA_MOUNT, PORT
 from temps_shared.engines.redis_acl import ADMIN_USER, BACKUP_USER
@@ -31,13 +45,56 @@ from temps_shared.runtime.container_io import (
     stop_container,
 )
 
-SPOOL = "/tmp/temps-backup.rdb"
+SPOOL_DIR = "/tmp"
+SPOOL_NAME = "temps-backup.rdb"
+SPOOL = f"{SPOOL_DIR}/{SPOOL_NAME}"
 # redis-cli writes the RDB to a file (6.x cannot write it to stdout): spooled in the
-# container's /tmp, streamed out, removed whatever happened.
-DUMP_SCRIPT = (
+# container's /tmp, measured, streamed out, removed whatever happened.
+RDB_COMMAND = (
     f"redis-cli -h 127.0.0.1 -p {PORT} --user {BACKUP_USER} --no-auth-warning --rdb {SPOOL} >&2"
-    f" && cat {SPOOL}; status=$?; rm -f {SPOOL}; exit $status"
 )
+FIGURES_SOCKET = "/tmp/temps-figures.sock"
+SAMPLE = 64
+# KEYS (not SCAN: exact, no duplicates) in a script nothing else runs beside.
+FIGURES_SCRIPT = """
+local function enc(parts)
+  local out = {}
+  for i, p in ipairs(parts) do out[i] = #p .. ':' .. p end
+  return table.concat(out, ',')
+end
+local function digest(key)
+  local kind = redis.call('TYPE', key).ok
+  local body = ''
+  if kind == 'string' then body = enc({redis.call('GET', key)})
+  elseif kind == 'list' then body = enc(redis.call('LRANGE', key, 0, -1))
+  elseif kind == 'set' then
+    local members = redis.call('SMEMBERS', key); table.sort(members); body = enc(members)
+  elseif kind == 'zset' then body = enc(redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'))
+  elseif kind == 'hash' then
+    local flat, pairs_ = redis.call('HGETALL', key), {}
+    for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = enc({flat[i], flat[i + 1]}) end
+    table.sort(pairs_); body = enc(pairs_)
+  elseif kind == 'stream' then
+    local parts = {}
+    for _, entry in ipairs(redis.call('XRANGE', key, '-', '+')) do
+      parts[#parts + 1] = entry[1]; parts[#parts + 1] = enc(entry[2])
+    end
+    body = enc(parts)
+  end
+  return kind .. ':' .. redis.sha1hex(body)
+end
+local persistent, volatile = {}, 0
+for _, key in ipairs(redis.call('KEYS', '*')) do
+  if redis.call('PTTL', key) >= 0 then volatile = volatile + 1
+  else persistent[#persistent + 1] = key end
+end
+table.sort(persistent)
+local sample = {}
+for i = 1, math.min(tonumber(ARGV[1]), #persistent) do
+  sample[redis.sha1hex(persistent[i])] = digest(persistent[i])
+end
+return cjson.encode({keys = #persistent, volatile = volatile, sample = sample})
+"""
 READY_WAIT_S = 60.0
 # Settings the server restarts with during a restore (its own come back afterwards).
 RESTART_WITH = {"appendonly": "no", "save": "3600 1"}
@@ -83,23 +140,89 @@ def _wait_ready(client: docker.DockerClient, container: str, credentials: dict[s
         time.sleep(0.3)
 
 
+# `redis-cli <args>` against one server: its output.
+RedisCli = Callable[[list[str]], str]
+KEYSPACE_LINE = re.compile(r"^db(\d+):")
+
+
+def figures_with(cli: RedisCli) -> Figures:
+    """Keys and sampled digests of every non-empty database of the server `cli` talks to."""
+    keyspace = cli(["INFO", "keyspace"])
+    databases: dict[str, Figures] = {}
+    volatile: dict[str, int] = {}
+    for line in keyspace.splitlines():
+        match = KEYSPACE_LINE.match(line.strip())
+        if match is None:
+            continue
+        db = match.group(1)
+        output = cli(["-n", db, "EVAL", FIGURES_SCRIPT, "0", str(SAMPLE)])
+        try:
+            found = json.loads(output)
+        except ValueError as exc:
+            raise ExecFailed(f"the figures script answered {output[:200]!r}") from exc
+        sample = found["sample"] if isinstance(found["sample"], dict) else {}  # {} → [] in Lua
+        if found["keys"]:
+            databases[db] = {"keys": found["keys"], "sample": sample}
+        if found["volatile"]:
+            volatile[db] = found["volatile"]
+    keys = sum(d["keys"] for d in databases.values())
+    return {
+        "databases": databases,
+        "_volatile": volatile,
+        SUMMARY: f"{len(databases)} databases, {keys} keys without TTL "
+        f"({sum(len(d['sample']) for d in databases.values())} sampled), "
+        f"{sum(volatile.values())} with a TTL",
+    }
+
+
+def _run(handle: ServiceHandle, argv: list[str], env: dict[str, str] | None = None) -> str:
+    return collect(exec_output(handle.client, handle.container, argv, env or {}))
+
+
+def _spool_figures(handle: ServiceHandle) -> Figures:
+    """The figures of the spooled RDB, loaded in a private server (unix socket, no port)."""
+    socket_cli = ["redis-cli", "-s", FIGURES_SOCKET]
+    _run(handle, ["redis-server", "--port", "0", "--unixsocket", FIGURES_SOCKET,
+                  "--unixsocketperm", "700", "--dir", SPOOL_DIR, "--dbfilename", SPOOL_NAME,
+                  "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                  "--pidfile", f"{SPOOL_DIR}/temps-figures.pid", "--logfile", ""])  # fmt: skip
+    try:
+        deadline = time.monotonic() + READY_WAIT_S
+        while _run(handle, ["sh", "-c", f"{' '.join(socket_cli)} PING 2>&1 || true"]).strip() != (
+            "PONG"
+        ):
+            if time.monotonic() >= deadline:
+                raise ExecFailed(f"the RDB did not load within {READY_WAIT_S:.0f}s for figures")
+            time.sleep(0.2)
+        return figures_with(lambda args: _run(handle, [*socket_cli, *args]))
+    finally:
+        with contextlib.suppress(ExecFailed, docker.errors.APIError):
+            _run(handle, ["sh", "-c", f"{' '.join(socket_cli)} SHUTDOWN NOSAVE >/dev/null 2>&1;"
+                          f" rm -f {FIGURES_SOCKET}; true"])  # fmt: skip
+
+
 class RedisBackup:
     @contextlib.contextmanager
     def snapshot(self, handle: ServiceHandle) -> Iterator[Snapshot]:
-        yield Snapshot(
-            [
-                exec_source(
-                    "dump.rdb",
-                    handle,
-                    ["sh", "-c", DUMP_SCRIPT],
-                    {"REDISCLI_AUTH": handle.credentials["backup_password"]},
-                    {"format": "rdb"},
-                )
-            ]
-        )
+        figures: Figures = {}
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                _run(handle, ["sh", "-c", RDB_COMMAND],
+                     {"REDISCLI_AUTH": handle.credentials["backup_password"]})  # fmt: skip
+                figures.update(_spool_figures(handle))
+                yield from exec_output(handle.client, handle.container, ["cat", SPOOL], {})
+            finally:
+                with contextlib.suppress(ExecFailed, docker.errors.APIError):
+                    _run(handle, ["rm", "-f", SPOOL])
+
+        yield Snapshot([ArtifactSource("dump.rdb", chunks, {"format": "rdb"})], lambda: figures)
 
     def figures(self, handle: ServiceHandle) -> Figures:
-        return {}
+        auth = {"REDISCLI_AUTH": handle.credentials["password"]}
+        cli = ["redis-cli", "-h", "127.0.0.1", "-p", str(PORT), "--user", ADMIN_USER,
+               "--no-auth-warning"]  # fmt: skip
+        return figures_with(lambda args: _run(handle, [*cli, *args], auth))
 
     def restore(
         self, handle: ServiceHandle, artifacts: list[dict[str, Any]], open_artifact: OpenArtifact

@@ -1,0 +1,132 @@
+"""A throw-away copy of a service for a test restore: a container of the service's image and
+version, with fresh credentials and its own CA, on an internal Docker network created for it
+(no route out, no published port), with its own volume. Everything carries `LABEL_SCRATCH`
+(the backup id) so an orphan left by a killed worker can be found and removed; the context
+manager removes all of it whatever happens. Blocking (Docker SDK): run in a worker thread."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+from uuid import UUID
+
+import docker
+from temps_shared.backups.protocol import ServiceHandle
+from temps_shared.engines import ENGINES
+from temps_shared.resources import ResourceLimits
+from temps_shared.runtime import container_limits
+from temps_shared.runtime.container_io import ExecFailed
+from temps_shared.store.services import ServiceRecord
+from temps_shared.tls import create_ca, issue_server_certificate
+
+LABEL_SCRATCH = "io.temps.verify-scratch"  # value: the backup being verified
+READY_WAIT_S = 120.0
+
+T = TypeVar("T")
+
+
+def scratch_name(backup_id: UUID) -> str:
+    return f"temps-verify-{backup_id.hex[:16]}"
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directories = sorted(
+            {"/".join(p.strip("/").split("/")[:i]) for p in files
+             for i in range(1, len(p.strip("/").split("/")))}
+        )  # fmt: skip
+        for directory in directories:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            archive.addfile(info)
+        for path, content in files.items():
+            info = tarfile.TarInfo(path.strip("/"))
+            info.size, info.mode, info.mtime = len(content), 0o600, now
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def remove_scratch(client: docker.DockerClient, name: str) -> None:
+    """Container, then volume and network (each may already be gone)."""
+    with contextlib.suppress(docker.errors.NotFound):
+        client.containers.get(name).remove(force=True, v=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.volumes.get(name).remove(force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.networks.get(name).remove()
+
+
+@contextlib.contextmanager
+def scratch_service(
+    client: docker.DockerClient,
+    service: ServiceRecord,
+    image: str,
+    backup_id: UUID,
+    identity: str,
+    timeout_s: float,
+) -> Iterator[ServiceHandle]:
+    """A running scratch copy of `service` (empty: the caller restores into it)."""
+    engine = ENGINES[service.service_type]
+    name = scratch_name(backup_id)
+    labels = {LABEL_SCRATCH: str(backup_id)}
+    credentials = engine.generate_credentials(service.name)
+    ca = create_ca("Temps verification scratch CA")
+    certificate = issue_server_certificate(ca, [name, "localhost"], ["127.0.0.1"])
+    # The spec wants a loopback port per port name; none is published (see create below).
+    spec = engine.container_spec(
+        service, credentials, dict.fromkeys(engine.ports, 0), certificate, image
+    )
+    limits = ResourceLimits.from_stored(service.resources).docker()
+    remove_scratch(client, name)  # a previous attempt at this verification, killed
+    try:
+        client.networks.create(name, driver="bridge", internal=True, labels=labels)
+        client.volumes.create(name, labels=labels)
+        container = client.containers.create(
+            image,
+            command=spec.command,
+            name=name,
+            hostname=name,
+            environment=spec.env,
+            labels=labels,
+            volumes={name: {"bind": spec.mount_path, "mode": "rw"}},
+            network=name,
+            security_opt=["no-new-privileges:true"],
+            pids_limit=spec.pids_limit,
+            **container_limits.create_kwargs(limits),
+        )
+        if spec.files:
+            container.put_archive("/", _tar(spec.files))
+        container.start()
+        container.reload()
+        address = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+        yield ServiceHandle(
+            client=client,
+            container=name,
+            credentials=credentials,
+            # Reachable from the host running the worker (Linux bridge); a worker in a
+            # container would have to join the network first.
+            endpoints={port_name: (address, port) for port_name, port in engine.ports.items()},
+            ca_pem=ca.cert_pem,
+            identity=identity,
+            timeout_s=timeout_s,
+        )
+    finally:
+        remove_scratch(client, name)
+
+
+def when_ready(probe: Callable[[], T], what: str, wait_s: float = READY_WAIT_S) -> T:
+    """`probe()`'s answer once it stops failing (the server is starting), bounded."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return probe()
+        except (ExecFailed, docker.errors.APIError) as exc:
+            if time.monotonic() >= deadline:
+                raise ExecFailed(f"{what} was not ready within {wait_s:.0f}s: {exc}") from exc
+        time.sleep(0.5)

@@ -1,0 +1,143 @@
+"""Verification by a test restore: a completed backup's artifacts are downloaded and checked,
+restored into a throw-away copy of the service (`scratch_service`), and the figures of the
+restored data are compared with those the backup took in its own snapshot (the manifest's
+`figures`). The outcome is an event on the backup: `BackupVerified` with what matched, or
+`BackupVerificationFailed` naming every difference (or why no test restore could be made)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import docker
+from temps_shared.backups import layout
+from temps_shared.backups.destination import load_destination
+from temps_shared.backups.engines import ENGINE_BACKUPS
+from temps_shared.backups.figures import differences, reason, summary
+from temps_shared.backups.protocol import EngineBackup, Figures
+from temps_shared.backups.store import BackupStore, StoreError
+from temps_shared.bus.consume import TerminalError
+from temps_shared.bus.publish import publish_event
+from temps_shared.engines import offered_versions
+from temps_shared.ids import container_name
+from temps_shared.messages import BackupVerificationFailed, BackupVerified, Role, VerifyBackup
+from temps_shared.runtime.container_io import ExecFailed
+from temps_shared.store.backups import get_backup
+from temps_shared.store.services import ServiceRecord, get_service
+
+from temps_backup.artifact_fetch import fetch_and_check, opener
+from temps_backup.context import BackupWorker
+from temps_backup.scratch_service import scratch_service, when_ready
+
+log = logging.getLogger(__name__)
+NOT_VERIFIED = "nothing was verified"
+
+
+async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
+    async with w.pool.acquire() as conn:
+        backup = await get_backup(conn, command.backup_id)
+        service = await get_service(conn, command.service_id)
+        destination = (
+            await load_destination(conn, w.keyring, backup.destination_id, w.store.destination)
+            if backup is not None
+            else None
+        )
+    if backup is None or backup.service_id != command.service_id or destination is None:
+        raise TerminalError(f"no backup {command.backup_id} of service {command.service_id}")
+    if service is None or service.purged:
+        raise TerminalError(f"service {command.service_id} no longer exists")
+    if backup.state != "completed" or backup.location is None:
+        raise TerminalError(f"backup {command.backup_id} is {backup.state}, not completed")
+    engine = ENGINE_BACKUPS.get(service.service_type)
+    if engine is None:
+        raise TerminalError(f"backups of {service.service_type} services are not supported")
+    store = w.store if destination.id is None else BackupStore(destination)
+    folder = backup.location
+    try:
+        document = await asyncio.to_thread(store.get_json, folder + layout.MANIFEST)
+    except StoreError as exc:
+        raise TerminalError(f"{exc}; {NOT_VERIFIED}") from exc
+    expected: Figures = document.get("figures") or {}
+    image = await _image(w, service, str(document.get("version") or service.version))
+    extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
+    log.info("verifying backup %s in a scratch %s", command.backup_id, image, extra=extra)
+    with tempfile.TemporaryDirectory(dir=w.settings.backup_work_dir) as spool_dir:
+        artifacts: list[dict[str, Any]] = document["artifacts"]
+        paths = {}
+        for artifact in artifacts:
+            try:
+                paths[artifact["name"]] = await asyncio.to_thread(
+                    fetch_and_check, w.identity, store, folder, artifact, Path(spool_dir),
+                    NOT_VERIFIED,
+                )  # fmt: skip
+            except StoreError as exc:
+                raise TerminalError(f"{exc}; {NOT_VERIFIED}") from exc
+        try:
+            actual = await asyncio.to_thread(
+                _test_restore, w, service, engine, image, command, artifacts, paths
+            )
+        except (ExecFailed, docker.errors.DockerException) as exc:
+            raise TerminalError(f"the test restore failed: {exc}") from exc
+    named = differences(expected, actual)
+    if named:
+        log.warning("backup %s differs after a test restore: %s", command.backup_id, named)
+        await _announce_failure(w, command, "the test restore differs: " + reason(named))
+        return
+    matched = summary(expected) if expected else "restored; the backup recorded no figures"
+    await publish_event(
+        w.js,
+        BackupVerified(service_id=command.service_id, backup_id=command.backup_id, summary=matched),
+        origin=Role.BACKUP,
+        dedupe_id=f"{command.message_id}:BackupVerified",
+    )
+    log.info("backup %s verified: %s", command.backup_id, matched, extra=extra)
+
+
+async def _image(w: BackupWorker, service: ServiceRecord, version: str) -> str:
+    """The image of the backed-up version on offer here, else the live container's."""
+    image = offered_versions(w.settings, service.service_type).get(version)
+    if image is not None:
+        return image
+    state = await w.runtime.inspect(container_name(service.service_type, service.name))
+    if state is None or not state.image:
+        raise TerminalError(f"{service.service_type} {version} is not offered here")
+    return state.image
+
+
+def _test_restore(
+    w: BackupWorker,
+    service: ServiceRecord,
+    engine: EngineBackup,
+    image: str,
+    command: VerifyBackup,
+    artifacts: list[dict[str, Any]],
+    paths: dict[str, Path],
+) -> Figures:
+    """Restore into a scratch copy; the figures of what came back."""
+    with scratch_service(
+        w.docker, service, image, command.backup_id, w.identity, w.settings.backup_exec_timeout_s
+    ) as scratch:
+        when_ready(lambda: engine.figures(scratch), f"the scratch {service.service_type}")
+        engine.restore(scratch, artifacts, opener(paths))
+        return when_ready(lambda: engine.figures(scratch), "the restored scratch")
+
+
+async def _announce_failure(w: BackupWorker, command: VerifyBackup, text: str) -> None:
+    await publish_event(
+        w.js,
+        BackupVerificationFailed(
+            service_id=command.service_id, backup_id=command.backup_id, reason=text
+        ),
+        origin=Role.BACKUP,
+        dedupe_id=f"{command.message_id}:BackupVerificationFailed",
+    )
+
+
+async def announce_verification_failure(
+    w: BackupWorker, command: VerifyBackup, reason: str
+) -> None:
+    """A verification that could not be made (damaged artifact, failed restore …) fails."""
+    await _announce_failure(w, command, reason)
