@@ -68,6 +68,7 @@ def stack(
         "TEMPS_API_PORT": str(port),
         "TEMPS_NATS_PORT": str(free_port()),
         "TEMPS_CONTROLPLANE_DB_PORT": str(free_port()),
+        "TEMPS_BACKUP_STORE_PORT": str(free_port()),
         "TEMPS_DATA_DIR": str(data_dir),
         # The stack's CLI launcher goes here, not onto the host's PATH.
         "TEMPS_BIN_DIR": str(tmp_path_factory.mktemp("temps-e2e-bin")),
