@@ -52,6 +52,7 @@ async def harness(
             backup_progress_s=0.5,
             backup_scheduler_period_s=0.5,
             backup_deadline_s=DEADLINE_S,
+            backup_deleted_service_grace_s=0,
         )
         stop = asyncio.Event()
         worker = asyncio.create_task(serve_backup(settings, stop))

@@ -1,8 +1,9 @@
 """Retention: a finished backup (completed or failed) older than its service's
-`retention_days`, or any finished backup of a deleted (purged) service, is deleted — every
-object of its folder in its own destination first (and unfinished multipart uploads there),
-then its catalogue row (with a BackupDeleted event). A crash in between leaves a row whose
-folder is empty: the next round deletes it again. Backups still open are the deadline's."""
+`retention_days`, and every finished backup of a service deleted (purged) more than
+`backup_deleted_service_grace_s` ago, is deleted: every object of its folder in its own
+destination first (and unfinished multipart uploads there), then its catalogue row (with a
+BackupDeleted event). A crash in between leaves a row whose folder is empty: the next round
+deletes it again. Backups still open are the deadline's."""
 
 from __future__ import annotations
 
@@ -22,16 +23,20 @@ from temps_backup.context import BackupWorker
 
 log = logging.getLogger(__name__)
 
-# Age counts from when the backup ended (when it was asked for, if it never did).
-_EXPIRED = """
+# Age counts from when the backup ended (when it was asked for, if it never did). A deleted
+# service's schedule row is gone: its backups count with the default retention meanwhile.
+_AGED = """
+coalesce(b.finished_at, b.requested_at)
+    < now() - make_interval(days => coalesce(c.retention_days, $2))
+"""
+_EXPIRED = f"""
 SELECT b.backup_id, b.service_id, b.location, b.destination_id, b.requested_at,
-       s.service_type, s.name, s.purged
+       s.service_type, s.name, {_AGED} AS aged
 FROM backups b
 JOIN services s ON s.id = b.service_id
 LEFT JOIN backup_schedules c ON c.service_id = b.service_id
 WHERE b.state IN ('completed', 'failed')
-  AND (s.purged OR coalesce(b.finished_at, b.requested_at)
-                   < now() - make_interval(days => coalesce(c.retention_days, $2)))
+  AND ((s.purged AND s.updated_at < now() - make_interval(secs => $3)) OR {_AGED})
 ORDER BY b.requested_at
 LIMIT $1
 FOR UPDATE OF b SKIP LOCKED
@@ -43,8 +48,10 @@ async def sweep(w: BackupWorker, limit: int) -> int:
     while their objects are deleted, so replicas sweep disjoint backups."""
     deleted = 0
     stores: dict[UUID | None, BackupStore] = {None: w.store}
+    unreachable: set[UUID | None] = set()  # destinations that failed this round: not retried
     async with w.pool.acquire() as conn, conn.transaction():
-        for row in await conn.fetch(_EXPIRED, limit, DEFAULT_RETENTION_DAYS):
+        grace = w.settings.backup_deleted_service_grace_s
+        for row in await conn.fetch(_EXPIRED, limit, DEFAULT_RETENTION_DAYS, grace):
             backup_id: UUID = row["backup_id"]
             # The folder the worker wrote to (or would have: it is derived from the row).
             folder = row["location"] or layout.backup_folder(
@@ -53,10 +60,12 @@ async def sweep(w: BackupWorker, limit: int) -> int:
             if not folder.endswith(f"/{backup_id}/"):
                 log.error("backup %s has an unexpected folder %r; kept", backup_id, folder)
                 continue
+            if row["destination_id"] in unreachable:
+                continue
             try:
                 store = await _store(conn, w, stores, row["destination_id"])
                 objects = await asyncio.to_thread(store.delete_folder, folder)
-                reason = "its service was deleted" if row["purged"] else "retention expired"
+                reason = "retention expired" if row["aged"] else "its service was deleted"
                 await publish_event(
                     w.js,
                     BackupDeleted(service_id=row["service_id"], backup_id=backup_id, reason=reason),
@@ -65,6 +74,7 @@ async def sweep(w: BackupWorker, limit: int) -> int:
                 )
             except Exception as exc:  # a destination that is down: next round tries again
                 log.warning("backup %s could not be deleted yet: %s", backup_id, exc)
+                unreachable.add(row["destination_id"])
                 continue
             await conn.execute("DELETE FROM backups WHERE backup_id = $1", backup_id)
             log.info("deleted backup %s (%s, %d objects)", backup_id, reason, objects)

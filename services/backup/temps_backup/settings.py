@@ -40,3 +40,9 @@ class BackupSettings(TempsSettings):
     backup_scheduler_batch: int = Field(
         100, ge=1, description="At most this many schedules, deletions or deadlines per round."
     )
+    backup_deleted_service_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        description="The backups of a deleted service are deleted this long after it (time "
+        "to fetch the last one from the bucket, e.g. with `temps backup restore-service`).",
+    )
