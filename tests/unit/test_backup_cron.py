@@ -60,6 +60,8 @@ def test_an_aware_time_elsewhere_is_read_in_utc() -> None:
         ("a * * * *", "minute"),
         ("0 0 30 2 *", "never fires"),
         ("", "5 fields"),
+        ("² * * * *", "minute"),
+        ("* * * * funday", "day of week"),
     ],
 )
 def test_bad_schedules_are_refused_with_the_faulty_part(schedule: str, names: str) -> None:

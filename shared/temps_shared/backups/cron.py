@@ -143,7 +143,7 @@ def _value(text: str, spec: _Field) -> int:
 
 
 def _number(text: str, spec: _Field, what: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # `²` is a digit to str.isdigit
         raise CronError(f"{spec.name}: {what} {text!r} is not a number")
     return int(text)
 
