@@ -51,3 +51,11 @@ bench: up       ## benchmarks: ratios against a baseline measured in the same ru
 	$(BIN)/python bench/provision_latency.py
 	$(BIN)/python bench/stats_latency.py
 	$(BIN)/python bench/monitor_cycle.py
+
+# Backup throughput (issue 11): the platform against `pg_dump -Fc | zstd | S3 put` in the same
+# run, and the backup worker's peak memory per size. Starts its own parts (no `make up`);
+# e.g. make bench-backup BENCH_BACKUP_ARGS="--size-mb 512 --json /tmp/backup.json"
+BENCH_BACKUP_ARGS ?= --sizes 256,1024 --rounds 2
+.PHONY: bench-backup
+bench-backup: images  ## backup throughput against pg_dump | zstd | S3 put, worker peak memory
+	$(BIN)/python bench/backup_throughput.py $(BENCH_BACKUP_ARGS)
