@@ -20,7 +20,7 @@ from temps_backup.main import serve as serve_backup
 from temps_backup.settings import BackupSettings
 from temps_shared.bus.publish import publish_command
 from temps_shared.messages import Role, RunBackup
-from temps_shared.store.backup_schedules import claim_due
+from temps_shared.store.backup_schedules import claim_due, schedule_of
 
 from tests.integration.backup_store import SeaweedStore, seaweedfs_store
 from tests.integration.conftest import Platform
@@ -260,6 +260,33 @@ async def test_a_backup_past_the_deadline_is_failed(
     assert entry["reason"] == "the backup did not finish within 1 h"
     assert (await _entry(api, service, str(recent)))["state"] == "requested"
     await db.execute("DELETE FROM backups WHERE backup_id = $1", recent)  # never commanded
+
+
+async def test_a_service_without_backups_has_them_off_by_default(db: asyncpg.Connection) -> None:
+    """`backups: false` in a service's parameters (PostgreSQL offers it) turns the schedule
+    off until the schedule says otherwise; checked on rows never committed."""
+    tx = db.transaction()
+    await tx.start()
+    try:
+        ids = {flag: uuid4() for flag in ("false", "true", "absent")}
+        for flag, service_id in ids.items():
+            parameters = "{}" if flag == "absent" else f'{{"backups": {flag}}}'
+            await db.execute(
+                "INSERT INTO services (id, name, service_type, version, parameters, secrets,"
+                " desired_state) VALUES ($1, $2, 'postgres', '17', $3::jsonb, 'x', 'running')",
+                service_id,
+                f"{P}flag-{flag}",
+                parameters,
+            )
+        assert [(await schedule_of(db, ids[f])).enabled for f in ids] == [False, True, True]
+        off = await schedule_of(db, ids["false"])
+        assert off.next_run_at is None
+        await db.execute(
+            "INSERT INTO backup_schedules (service_id, enabled) VALUES ($1, true)", ids["false"]
+        )
+        assert (await schedule_of(db, ids["false"])).enabled is True
+    finally:
+        await tx.rollback()
 
 
 async def _scheduled(db: asyncpg.Connection, service: str) -> list[asyncpg.Record]:
