@@ -112,6 +112,9 @@ def base_env(database_url: str, nats_url: str, data_dir: Path) -> dict[str, str]
         # the fault suite turn it on.
         "TEMPS_RESYNC_PERIOD_S": "3600",
         "TEMPS_RESYNC_ON_DOWN": "false",
+        # No scheduled backups, retention or deadline rounds unless a test asks for them
+        # (test_backup_schedule.py): the first round comes one period after start.
+        "TEMPS_BACKUP_SCHEDULER_PERIOD_S": "3600",
     }
 
 
