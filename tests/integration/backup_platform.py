@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import shutil
 import ssl
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,12 @@ import asyncpg
 import httpx
 from temps_backup.main import serve as serve_backup
 from temps_backup.settings import BackupSettings
+from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
+from testcontainers.community.postgres import PostgresContainer
 
 from tests.integration.backup_store import SeaweedStore
 from tests.integration.conftest import Platform
-from tests.support import eventually, wait_status
+from tests.support import RUN_PORT_BASE, TEST_LABEL, eventually, free_port, wait_status
 
 BUCKET = "temps-backups"
 
@@ -112,3 +118,56 @@ def copy_master_key(source: Path, target: Path) -> None:
     key = target / "encryption_key"
     key.write_text((source / "encryption_key").read_text())
     key.chmod(0o600)
+
+
+@contextlib.contextmanager
+def fresh_control_plane(
+    workdir: Path, original_data_dir: Path
+) -> Iterator[tuple[dict[str, str], str]]:
+    """What a freshly installed platform starts from: its own control-plane database, its own
+    NATS (with its own bus credentials) and a data dir holding only the master key the user
+    kept. Yields the settings env (without the backup store) and its database URL."""
+    data_dir = workdir / "data"
+    copy_master_key(original_data_dir, data_dir)
+    port = free_port()
+    layout = ServerLayout(
+        listen=f"127.0.0.1:{port}",
+        store_dir=str(workdir / "jetstream"),
+        files_dir=str(server_dir(data_dir)),
+    )
+    ensure_bus_files(data_dir, layout)
+    binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    nats = subprocess.Popen(
+        [binary, "-c", str(server_dir(data_dir) / "nats-server.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    database = PostgresContainer(
+        "temps/postgres:15",
+        username="temps",
+        password=secrets.token_hex(16),
+        dbname="temps",
+        driver=None,
+    ).with_kwargs(labels={TEST_LABEL: "control-plane-fresh"})
+    database.ports["5432"] = ("127.0.0.1", free_port())
+    try:
+        with database:
+            url = database.get_connection_url()
+            yield (
+                {
+                    "TEMPS_DATABASE_URL": url,
+                    "TEMPS_NATS_URL": f"tls://127.0.0.1:{port}",
+                    "TEMPS_DATA_DIR": str(data_dir),
+                    "TEMPS_SERVICE_ADDRESSING": "loopback",
+                    # Apart from the first installation's (each picks at random in its own).
+                    "TEMPS_LOCAL_PORT_RANGE": f"{RUN_PORT_BASE + 900}-{RUN_PORT_BASE + 999}",
+                    "TEMPS_COMMAND_ACK_WAIT_S": "5",
+                    "TEMPS_LOG_LEVEL": "WARNING",
+                    "TEMPS_RESYNC_PERIOD_S": "3600",
+                    "TEMPS_RESYNC_ON_DOWN": "false",
+                },
+                url,
+            )
+    finally:
+        nats.terminate()
+        nats.wait(timeout=10)

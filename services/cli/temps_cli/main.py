@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from temps_cli import audit, connect, env_run, events, observe, projects, services, tokens
+from temps_cli import audit, backups, connect, env_run, events, observe, projects, services, tokens
 from temps_cli.output import ReportingGroup
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(services.app, name="services")
 app.add_typer(projects.app, name="projects")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(backups.app, name="backup")
 app.command("audit")(audit.audit)
 for _name, _command in (
     ("health", observe.health),
