@@ -133,11 +133,11 @@ async def verification_failure(conn: Connection, service_id: UUID) -> str | None
 
 
 def _without_verification(reason: str | None) -> str | None:
-    """`reason` without this rule's part (None when nothing else is left)."""
+    """`reason` without this rule's part, which always comes last (None when nothing else is
+    left)."""
     if reason is None:
         return None
-    kept = [part for part in reason.split("; ") if not part.startswith(VERIFICATION_REASON)]
-    return "; ".join(kept) or None
+    return reason.split(VERIFICATION_REASON, 1)[0].rstrip("; ") or None
 
 
 async def with_verification(

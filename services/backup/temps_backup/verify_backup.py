@@ -19,7 +19,7 @@ from temps_shared.backups.engines import ENGINE_BACKUPS
 from temps_shared.backups.figures import differences, reason, summary
 from temps_shared.backups.protocol import EngineBackup, Figures
 from temps_shared.backups.store import BackupStore, StoreError
-from temps_shared.bus.consume import TerminalError
+from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.engines import offered_versions
 from temps_shared.ids import container_name
@@ -49,6 +49,9 @@ async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
         raise TerminalError(f"no backup {command.backup_id} of service {command.service_id}")
     if service is None or service.purged:
         raise TerminalError(f"service {command.service_id} no longer exists")
+    if backup.state in ("requested", "running"):
+        # The catalogue learns of the completion from the event this command follows.
+        raise RetryableError(f"backup {command.backup_id} is not recorded complete yet", 2.0)
     if backup.state != "completed" or backup.location is None:
         raise TerminalError(f"backup {command.backup_id} is {backup.state}, not completed")
     engine = ENGINE_BACKUPS.get(service.service_type)
