@@ -13,7 +13,7 @@ BACKUP = {
                 "public.orders": {"rows": 3, "checksum": "123"},
                 "public.users": {"rows": 2, "checksum": "456"},
             },
-            "sequences": {"public.orders_id_seq": 3},
+            "sequences": {"public.orders_id_seq": {"at_least": 3}},
         }
     },
     "_summary": "1 databases, 2 tables, 5 rows, 1 sequences",
@@ -43,9 +43,9 @@ def test_missing_and_extra_entries_are_named() -> None:
     tables = restored["databases"]["app"]["tables"]  # type: ignore[index]
     del tables["public.orders"]
     tables["public.extra"] = {"rows": 0, "checksum": "0"}
-    restored["databases"]["app"]["sequences"]["public.orders_id_seq"] = 4  # type: ignore[index]
+    restored["databases"]["app"]["sequences"]["public.orders_id_seq"] = {"at_least": 2}  # type: ignore[index]
     assert differences(BACKUP, restored) == [  # type: ignore[arg-type]
-        "databases/app/sequences/public.orders_id_seq: 3 in the backup, 4 restored",
+        "databases/app/sequences/public.orders_id_seq: at least 3 in the backup, 2 restored",
         "databases/app/tables/public.extra: present after the restore, not in the backup",
         "databases/app/tables/public.orders: missing after the restore",
     ]
@@ -97,3 +97,16 @@ def test_only_missing_roles_are_created_from_the_globals() -> None:
         'ALTER ROLE "Odd ""name""" WITH NOLOGIN;\n'
     )
     assert missing_role_statements(globals_sql, {"temps_admin", "app", 'Odd "name"'}) == ""
+
+
+def test_a_lower_bound_accepts_what_is_ahead_of_it() -> None:
+    ahead = {"seq": {"at_least": 9}}
+    assert differences({"seq": {"at_least": 3}}, ahead) == []
+    assert differences({"seq": {"at_least": 3}}, {"seq": {"at_least": 3}}) == []
+    assert differences({"seq": {"at_least": None}}, ahead) == []  # never called at backup
+    assert differences({"seq": {"at_least": 3}}, {"seq": {"at_least": None}}) == [
+        "seq: at least 3 in the backup, None restored"
+    ]
+    assert differences({"seq": {"at_least": 3}}, {"seq": 3}) == [
+        "seq: at least 3 in the backup, 3 restored"
+    ]

@@ -3,7 +3,9 @@
 Figures are nested JSON objects (engine-specific: databases → tables → rows and checksum, key
 digests, bucket → object ETags …). The comparison walks both and names every difference by its
 path. A name starting with `_` is informational (e.g. `_summary`, or a count that may
-legitimately shrink, like Redis keys with a TTL): it is shown, never compared.
+legitimately shrink, like Redis keys with a TTL): it is shown, never compared. A figure written
+`{"at_least": n}` is a lower bound (e.g. a PostgreSQL sequence: not transactional, so the dump
+may read it a little later than the figures did): the restored one must not be below it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from temps_shared.backups.protocol import Figures
 
 INFORMATIONAL = "_"
+AT_LEAST = "at_least"
 SUMMARY = "_summary"  # an engine's one-line description of what its figures cover
 MAX_NAMED = 20  # a reason lists at most this many differences (then "and N more")
 
@@ -21,7 +24,16 @@ def _compared(value: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if not str(k).startswith(INFORMATIONAL)}
 
 
+def _is_bound(value: Any) -> bool:
+    return isinstance(value, dict) and value.keys() == {AT_LEAST}
+
+
 def _walk(path: str, expected: Any, actual: Any, out: list[str]) -> None:
+    if _is_bound(expected):
+        low, found = expected[AT_LEAST], actual.get(AT_LEAST) if _is_bound(actual) else actual
+        if not _is_bound(actual) or (low is not None and (found is None or found < low)):
+            out.append(f"{path}: at least {low} in the backup, {_show(found)} restored")
+        return
     if isinstance(expected, dict) and isinstance(actual, dict):
         wanted, found = _compared(expected), _compared(actual)
         for name in sorted(wanted.keys() | found.keys(), key=str):

@@ -6,12 +6,14 @@ roles the dumps need that are missing (e.g. in a throw-away container for a veri
 
 Figures, per database, taken in the dump's own snapshot: per table its row count and an
 order-independent checksum (the sum of a 64-bit hash of every row's text), per sequence its
-last value. To share the snapshot, a session of the worker opens a REPEATABLE READ transaction
-on the database (asyncpg over TLS, on a private event loop in the upload thread: the snapshot
-context manager is synchronous) and exports its snapshot; the figures query (psql in the
-container) and `pg_dump --snapshot` both import it; the session ends after the dump. The same
-figures query runs on a restored service, so both sides count and hash the same way. Cost: one
-sequential scan of every table, in the server (≈ what the dump reads again)."""
+last value as a lower bound (sequences are not transactional: the dump reads them a moment
+later, so a restored one may be ahead, never behind). To share the snapshot, a session of the
+worker opens a REPEATABLE READ transaction on the database (asyncpg over TLS, on a private
+event loop in the upload thread: the snapshot context manager is synchronous) and exports its
+snapshot; the figures query (psql in the container) and `pg_dump --snapshot` both import it;
+the session ends after the dump. The same figures query runs on a restored service, so both
+sides count and hash the same way. Cost: one sequential scan of every table, in the server
+(≈ what the dump reads again)."""
 
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ SELECT json_build_object(
       WHERE c.relkind = 'r' AND n.nspname <> 'information_schema'
         AND n.nspname NOT LIKE 'pg\_%') t),
   'sequences', (SELECT coalesce(json_object_agg(schemaname || '.' || sequencename,
-      last_value ORDER BY schemaname, sequencename), '{}') FROM pg_sequences
+      json_build_object('at_least', last_value) ORDER BY schemaname, sequencename), '{}')
+    FROM pg_sequences
     WHERE schemaname <> 'information_schema' AND schemaname NOT LIKE 'pg\_%'))
 """
 ROLE_STATEMENT = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")*"|[^\s;]+)[\s;]')
