@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import TypeVar
 from uuid import UUID
 
@@ -52,6 +54,35 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _internal_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> str:
+    """Create the internal network `name` on a subnet of its own, so the scratch's address is
+    known before it starts and its certificate can name it (engines dialled over TLS check
+    it); the address."""
+    for _attempt in range(5):
+        # Docker picks a free subnet; it is then pinned (only a configured subnet lets a
+        # container have a chosen address). Another network may take it meanwhile: retry.
+        probe = client.networks.create(name, driver="bridge", internal=True, labels=labels)
+        probe.reload()
+        config = probe.attrs["IPAM"]["Config"][0]
+        probe.remove()
+        hosts = ipaddress.ip_network(config["Subnet"]).hosts()
+        gateway = config.get("Gateway") or str(next(hosts))
+        address = next(str(h) for h in hosts if str(h) != gateway)
+        pool = docker.types.IPAMPool(subnet=config["Subnet"], gateway=gateway)
+        try:
+            client.networks.create(
+                name,
+                driver="bridge",
+                internal=True,
+                labels=labels,
+                ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+            )
+        except docker.errors.APIError:
+            continue
+        return address
+    raise ExecFailed("no subnet could be reserved for the scratch network")
+
+
 def remove_scratch(client: docker.DockerClient, name: str) -> None:
     """Container, then volume and network (each may already be gone)."""
     with contextlib.suppress(docker.errors.NotFound):
@@ -60,6 +91,34 @@ def remove_scratch(client: docker.DockerClient, name: str) -> None:
         client.volumes.get(name).remove(force=True)
     with contextlib.suppress(docker.errors.NotFound):
         client.networks.get(name).remove()
+
+
+def _created_before(created: str, cutoff: float) -> bool:
+    """Docker's RFC 3339 time (nanoseconds, Z or offset) before the epoch time `cutoff`."""
+    head, _, rest = created.partition(".")
+    zone = "+00:00" if rest.endswith("Z") or not rest else rest[-6:]
+    when = datetime.fromisoformat(head + zone) if rest else datetime.fromisoformat(head)
+    return when.astimezone(UTC).timestamp() < cutoff
+
+
+def remove_orphans(client: docker.DockerClient, older_than_s: float) -> list[str]:
+    """Remove the scratches made more than `older_than_s` ago (a worker killed mid-verification
+    leaves its scratch behind; a running verification is younger); their names."""
+    cutoff = time.time() - older_than_s
+    label = {"label": LABEL_SCRATCH}
+    names = {
+        str(c["Names"][0]).lstrip("/")
+        for c in client.api.containers(all=True, filters=label)
+        if int(c["Created"]) < cutoff
+    }
+    names |= {
+        str(n["Name"])
+        for n in client.api.networks(filters=label)
+        if _created_before(str(n["Created"]), cutoff)
+    }
+    for name in sorted(names):
+        remove_scratch(client, name)
+    return sorted(names)
 
 
 @contextlib.contextmanager
@@ -76,16 +135,16 @@ def scratch_service(
     name = scratch_name(backup_id)
     labels = {LABEL_SCRATCH: str(backup_id)}
     credentials = engine.generate_credentials(service.name)
-    ca = create_ca("Temps verification scratch CA")
-    certificate = issue_server_certificate(ca, [name, "localhost"], ["127.0.0.1"])
-    # The spec wants a loopback port per port name; none is published (see create below).
-    spec = engine.container_spec(
-        service, credentials, dict.fromkeys(engine.ports, 0), certificate, image
-    )
     limits = ResourceLimits.from_stored(service.resources).docker()
     remove_scratch(client, name)  # a previous attempt at this verification, killed
     try:
-        client.networks.create(name, driver="bridge", internal=True, labels=labels)
+        address = _internal_network(client, name, labels)
+        ca = create_ca("Temps verification scratch CA")
+        certificate = issue_server_certificate(ca, [name, "localhost"], ["127.0.0.1", address])
+        # The spec wants a loopback port per port name; none is published (see below).
+        spec = engine.container_spec(
+            service, credentials, dict.fromkeys(engine.ports, 0), certificate, image
+        )
         client.volumes.create(name, labels=labels)
         container = client.containers.create(
             image,
@@ -96,6 +155,7 @@ def scratch_service(
             labels=labels,
             volumes={name: {"bind": spec.mount_path, "mode": "rw"}},
             network=name,
+            networking_config={name: client.api.create_endpoint_config(ipv4_address=address)},
             security_opt=["no-new-privileges:true"],
             pids_limit=spec.pids_limit,
             **container_limits.create_kwargs(limits),
@@ -103,8 +163,6 @@ def scratch_service(
         if spec.files:
             container.put_archive("/", _tar(spec.files))
         container.start()
-        container.reload()
-        address = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
         yield ServiceHandle(
             client=client,
             container=name,

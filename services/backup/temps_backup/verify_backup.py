@@ -30,10 +30,11 @@ from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_backup.artifact_fetch import fetch_and_check, opener
 from temps_backup.context import BackupWorker
-from temps_backup.scratch_service import scratch_service, when_ready
+from temps_backup.scratch_service import remove_orphans, scratch_service, when_ready
 
 log = logging.getLogger(__name__)
 NOT_VERIFIED = "nothing was verified"
+ORPHAN_AFTER_S = 3600.0
 
 
 async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
@@ -120,6 +121,10 @@ def _test_restore(
     paths: dict[str, Path],
 ) -> Figures:
     """Restore into a scratch copy; the figures of what came back."""
+    # Longer than any verification runs: one bound per artifact and the readiness waits.
+    orphaned = remove_orphans(w.docker, ORPHAN_AFTER_S + w.settings.backup_exec_timeout_s * 2)
+    if orphaned:
+        log.warning("removed scratch services left behind: %s", ", ".join(orphaned))
     with scratch_service(
         w.docker, service, image, command.backup_id, w.identity, w.settings.backup_exec_timeout_s
     ) as scratch:
