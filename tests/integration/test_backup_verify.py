@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
+import boto3
 import docker
 import httpx
 import pyrage
@@ -268,6 +269,44 @@ async def test_redis_backup_is_verified_by_a_test_restore(
     assert figures["_volatile"] == {"0": 1}
     assert not any("k:" in key for key in figures["databases"]["0"]["sample"])  # hashed names
     assert verification["reason"] == figures["_summary"]
+    await eventually(
+        lambda: asyncio.to_thread(_no_scratch_left, docker_client, entry["id"]),
+        30,
+        "scratch removed",
+    )
+
+
+async def test_s3_backup_is_verified_through_the_same_protocol(
+    api: httpx.AsyncClient,
+    store: SeaweedStore,
+    docker_client: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The orchestration knows no engine: S3's backup (its own figures, dialled over TLS at the
+    scratch's address) verifies the same way."""
+    service_id = await _create(api, f"{P}-vs3", "s3")
+    creds = await credentials(api, service_id)
+    ca_file = tmp_path_factory.mktemp("verify-s3-ca") / "ca.pem"
+    ca_file.write_text(creds["ca_certificate"])
+    s3 = boto3.session.Session().client(
+        "s3",
+        endpoint_url=creds["local_endpoint"],
+        aws_access_key_id=creds["access_key"],
+        aws_secret_access_key=creds["secret_key"],
+        region_name=creds["region"],
+        verify=str(ca_file),
+    )
+
+    def fill() -> None:
+        s3.create_bucket(Bucket="verify-me")
+        for n in range(5):
+            s3.put_object(Bucket="verify-me", Key=f"docs/{n}.txt", Body=f"object {n}".encode())
+
+    await asyncio.to_thread(fill)
+    entry = await _backup(api, service_id)
+    verification = await _verification(api, service_id, entry["id"])
+    assert verification["state"] == "verified", verification["reason"]
+    assert _manifest(store, entry["id"])["figures"], "S3 figures are in the manifest"
     await eventually(
         lambda: asyncio.to_thread(_no_scratch_left, docker_client, entry["id"]),
         30,
