@@ -1,8 +1,13 @@
-"""The comparison of a backup's figures with a test restore's, and the pieces of the engines'
-figures that need no server."""
+"""The comparison of a backup's figures with a test restore's, the pieces of the engines'
+figures that need no server, and the status rule of a failed verification."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+from uuid import UUID
+
+from temps_api.health_projection import VERIFICATION_REASON, with_verification
 from temps_shared.backups.figures import MAX_NAMED, differences, reason, summary
 from temps_shared.backups.postgres import missing_role_statements, with_summary
 
@@ -110,3 +115,43 @@ def test_a_lower_bound_accepts_what_is_ahead_of_it() -> None:
     assert differences({"seq": {"at_least": 3}}, {"seq": 3}) == [
         "seq: at least 3 in the backup, 3 restored"
     ]
+
+
+# --- the status rule: a failed verification degrades the service ------------------------------
+
+
+class _Catalogue:
+    """A fake connection answering the newest verification outcome of a service."""
+
+    def __init__(self, row: dict[str, Any] | None) -> None:
+        self.row = row
+
+    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
+        assert "verify_state" in query
+        return self.row
+
+
+FAILED = {"backup_id": "b1", "verify_state": "verification_failed", "verify_reason": "t: 1, 2"}
+SERVICE = UUID(int=1)
+
+
+async def _effective(row: dict[str, Any] | None, status: str, why: str | None) -> tuple[str, Any]:
+    return await with_verification(_Catalogue(row), SERVICE, status, why)  # type: ignore[arg-type]
+
+
+def test_a_failed_verification_keeps_the_service_degraded() -> None:
+    status, why = asyncio.run(_effective(FAILED, "operational", None))
+    assert status == "degraded"
+    assert why == f"{VERIFICATION_REASON} (backup b1): t: 1, 2"
+    # The monitor's own reason is kept, the verification's comes last (and only once).
+    status, why = asyncio.run(_effective(FAILED, "degraded", "storage; " + str(why)))
+    assert (status, why) == ("degraded", f"storage; {VERIFICATION_REASON} (backup b1): t: 1, 2")
+    # Down and the provisioner's statuses are not touched.
+    assert asyncio.run(_effective(FAILED, "down", "missing")) == ("down", "missing")
+    assert asyncio.run(_effective(FAILED, "stopped", None)) == ("stopped", None)
+
+
+def test_a_verified_newest_backup_changes_nothing() -> None:
+    verified = {**FAILED, "verify_state": "verified"}
+    assert asyncio.run(_effective(verified, "operational", None)) == ("operational", None)
+    assert asyncio.run(_effective(None, "degraded", "storage")) == ("degraded", "storage")
