@@ -1,7 +1,8 @@
 """S3 (SeaweedFS): every bucket's objects — every version, delete markers included — with their
 metadata, and the buckets' settings, read over S3 with the service's admin key; restored in
-place by putting the versions back oldest first (the latest stays latest) after removing what
-the backup does not hold. Artifacts and their format: `s3_archive`.
+place by putting the versions back oldest first (the latest stays latest) after removing every
+version the service holds (a bucket the backup lacks is left empty, not deleted). Artifacts and
+their format: `s3_archive`.
 
 Consistency: S3 has no snapshot. The listing (and the bucket settings) is taken first; each
 version is then read by its version id where the bucket is versioned, so what is archived is
@@ -54,6 +55,7 @@ from temps_shared.backups.s3_archive import (
     member_name,
     multipart_count,
     plain_etag,
+    service_figures,
     tar_members,
 )
 from temps_shared.engines.s3_buckets import REGION, endpoint_url
@@ -205,12 +207,12 @@ def _bucket_settings(client: Any, bucket: str) -> dict[str, Any]:
 
 
 def _figures_of(client: Any) -> Figures:
-    return {
-        "buckets": {
+    return service_figures(
+        {
             bucket: bucket_figures((v.key, v.etag) for v in _list_versions(client, bucket))
             for bucket in _buckets(client)
         }
-    }
+    )
 
 
 # --- backup ----------------------------------------------------------------------------------
@@ -506,9 +508,10 @@ class S3Backup:
         with _client(handle) as client:
             wanted = {b.name for b in buckets}
             existing = set(_buckets(client))
+            # A bucket the backup lacks is emptied but kept: buckets are also the platform's
+            # (a new service's own, a link's), which its users expect to find.
             for name in sorted(existing - wanted):
                 _delete_everything(client, name)
-                client.delete_bucket(Bucket=name)
             for bucket in buckets:
                 _prepare(client, bucket, existing)
             owner = {id(e): b.name for b in buckets for e in b.entries}

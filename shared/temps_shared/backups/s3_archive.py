@@ -132,13 +132,24 @@ def bucket_figures(versions: Iterable[tuple[str, str | None]]) -> dict[str, Any]
     return {"objects": objects, "delete_markers": markers, "etags_sha256": digest.hexdigest()}
 
 
-def index_figures(buckets: Iterable[BucketIndex]) -> dict[str, Any]:
+def service_figures(buckets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every bucket's figures, and a one-line `_summary` (informational, never compared)."""
+    objects = sum(b["objects"] for b in buckets.values())
+    markers = sum(b["delete_markers"] for b in buckets.values())
     return {
-        "buckets": {
+        "_summary": f"{len(buckets)} buckets, {objects} object versions and {markers} delete "
+        "markers with their ETags, in order",
+        "buckets": buckets,
+    }
+
+
+def index_figures(buckets: Iterable[BucketIndex]) -> dict[str, Any]:
+    return service_figures(
+        {
             b.name: bucket_figures((e.key, None if e.delete_marker else e.etag) for e in b.entries)
             for b in buckets
         }
-    }
+    )
 
 
 # --- writing ---------------------------------------------------------------------------------
