@@ -100,6 +100,8 @@ class Run:
     baseline_stored_bytes: int
     platform_s: float
     platform_stored_bytes: int
+    worker_cpu_s: float = 0.0  # CPU the worker process spent on this backup (load-independent)
+    worker_peak_rss_mb: float = 0.0  # the worker's peak during this backup alone
 
     @property
     def ratio(self) -> float:
@@ -112,6 +114,7 @@ class SizeResult:
     target_mb: int
     database_bytes: int
     runs: list[Run] = field(default_factory=list)
+    worker_idle_rss_mb: float = 0.0  # the worker's RSS before its first backup
     worker_peak_rss_mb: float = 0.0  # VmHWM of the worker process at this size
 
     def mb_per_s(self, seconds: float) -> float:
@@ -132,6 +135,7 @@ class SizeResult:
                 for r in self.runs
             ],
             "ratio_median": round(statistics.median(ratios), 3),
+            "worker_idle_rss_mb": round(self.worker_idle_rss_mb, 1),
             "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
         }
 
@@ -190,6 +194,8 @@ async def running_platform(work: Path, store: SeaweedStore) -> AsyncIterator[Pla
                 "TEMPS_LOG_LEVEL": "WARNING",
                 "TEMPS_RESYNC_PERIOD_S": "3600",
                 "TEMPS_RESYNC_ON_DOWN": "false",
+                # No scheduled backups, retention or deadline rounds during the measurement.
+                "TEMPS_BACKUP_SCHEDULER_PERIOD_S": "3600",
                 "TEMPS_BACKUP_STORE_ENDPOINT": store.endpoint,
                 "TEMPS_BACKUP_STORE_ACCESS_KEY": store.access_key,
                 "TEMPS_BACKUP_STORE_SECRET_KEY": store.secret_key,
@@ -216,11 +222,30 @@ class Worker:
                 stderr=subprocess.STDOUT,
             )
 
+    def _status_mb(self, field: str) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        (line,) = [x for x in status.splitlines() if x.startswith(f"{field}:")]
+        return int(line.split()[1]) / 1024
+
+    def rss_mb(self) -> float:
+        return self._status_mb("VmRSS")
+
     def peak_rss_mb(self) -> float:
         """VmHWM: the most resident memory the process ever had."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        (line,) = [x for x in status.splitlines() if x.startswith("VmHWM:")]
-        return int(line.split()[1]) / 1024
+        return self._status_mb("VmHWM")
+
+    def reset_peak(self) -> bool:
+        """Start VmHWM afresh (Linux: 5 → /proc/<pid>/clear_refs); False if not allowed."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds so far (/proc/<pid>/stat fields 14 and 15)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -382,6 +407,14 @@ async def bench(args: argparse.Namespace, work: Path) -> list[SizeResult]:
             service_id = created.json()["id"]
             try:
                 await wait_status(api, service_id, "operational")
+                # The backup alone: no test restore after it (its load would fall on the next
+                # round) and no scheduled backup in the middle.
+                schedule = await api.patch(
+                    f"/api/external-services/{service_id}/backups",
+                    json={"enabled": False, "verify": "off"},
+                )
+                if schedule.status_code != 200:
+                    raise SystemExit(f"PATCH backups: {schedule.status_code} {schedule.text}")
                 creds = (await api.get(f"/api/external-services/{service_id}/credentials")).json()
                 container = f"temps-postgres-{name}"
                 for target_mb in args.sizes:
@@ -397,20 +430,29 @@ async def bench(args: argparse.Namespace, work: Path) -> list[SizeResult]:
                             flush=True,
                         )
                         result = SizeResult(target_mb, size)
+                        result.worker_idle_rss_mb = worker.rss_mb()
                         for round_ in range(1, args.rounds + 1):
                             run = await asyncio.to_thread(
                                 baseline, container, creds, store, args.timeout_s
                             )
+                            cpu_before, per_round = worker.cpu_s(), worker.reset_peak()
                             measured = await platform_backup(api, service_id, args.timeout_s)
+                            run.worker_cpu_s = worker.cpu_s() - cpu_before
+                            if per_round:
+                                run.worker_peak_rss_mb = worker.peak_rss_mb()
                             run.platform_s = measured.platform_s
                             run.platform_stored_bytes = measured.platform_stored_bytes
                             result.runs.append(run)
                             print(
                                 f"  round {round_}: baseline {run.baseline_s:.1f}s, "
-                                f"platform {run.platform_s:.1f}s, ratio {run.ratio:.2f}",
+                                f"platform {run.platform_s:.1f}s (worker CPU "
+                                f"{run.worker_cpu_s:.1f}s, peak RSS "
+                                f"{run.worker_peak_rss_mb:.0f} MB), ratio {run.ratio:.2f}",
                                 flush=True,
                             )
-                        result.worker_peak_rss_mb = worker.peak_rss_mb()
+                        result.worker_peak_rss_mb = max(
+                            [worker.peak_rss_mb(), *(r.worker_peak_rss_mb for r in result.runs)]
+                        )
                     finally:
                         worker.stop()
                     results.append(result)
@@ -422,7 +464,8 @@ async def bench(args: argparse.Namespace, work: Path) -> list[SizeResult]:
 def print_table(results: list[SizeResult]) -> None:
     header = (
         f"{'size MB':>8} {'run':>4} {'baseline s':>10} {'MB/s':>7} {'platform s':>10} "
-        f"{'MB/s':>7} {'ratio':>6} {'stored B/P MB':>14} {'worker peak MB':>15}"
+        f"{'MB/s':>7} {'ratio':>6} {'stored B/P MB':>14} {'worker CPU s':>12} "
+        f"{'worker peak MB':>15}"
     )
     print(header)
     print("-" * len(header))
@@ -433,7 +476,7 @@ def print_table(results: list[SizeResult]) -> None:
                 f"{result.database_bytes / MB:>8.0f} {index:>4} {run.baseline_s:>10.1f} "
                 f"{result.mb_per_s(run.baseline_s):>7.1f} {run.platform_s:>10.1f} "
                 f"{result.mb_per_s(run.platform_s):>7.1f} {run.ratio:>6.2f} {stored:>14} "
-                f"{result.worker_peak_rss_mb:>15.1f}"
+                f"{run.worker_cpu_s:>12.1f} {run.worker_peak_rss_mb:>15.1f}"
             )
     for result in results:
         median = statistics.median(r.ratio for r in result.runs)
@@ -441,7 +484,8 @@ def print_table(results: list[SizeResult]) -> None:
         print(
             f"{result.database_bytes / MB:.0f} MB: median ratio {median:.2f}x "
             f"(platform / baseline throughput; {verdict} the 0.8x target), "
-            f"worker peak RSS {result.worker_peak_rss_mb:.1f} MB"
+            f"worker RSS idle {result.worker_idle_rss_mb:.1f} MB, "
+            f"peak {result.worker_peak_rss_mb:.1f} MB"
         )
 
 
