@@ -182,23 +182,23 @@ def _run(handle: ServiceHandle, argv: list[str], env: dict[str, str] | None = No
 def _spool_figures(handle: ServiceHandle) -> Figures:
     """The figures of the spooled RDB, loaded in a private server (unix socket, no port)."""
     socket_cli = ["redis-cli", "-s", FIGURES_SOCKET]
+    stop_private = f"{' '.join(socket_cli)} SHUTDOWN NOSAVE >/dev/null 2>&1; rm -f {FIGURES_SOCKET}"
+    _run(handle, ["sh", "-c", f"{stop_private}; true"])  # one a killed worker left running
     _run(handle, ["redis-server", "--port", "0", "--unixsocket", FIGURES_SOCKET,
                   "--unixsocketperm", "700", "--dir", SPOOL_DIR, "--dbfilename", SPOOL_NAME,
                   "--save", "", "--appendonly", "no", "--daemonize", "yes",
                   "--pidfile", f"{SPOOL_DIR}/temps-figures.pid", "--logfile", ""])  # fmt: skip
     try:
-        deadline = time.monotonic() + READY_WAIT_S
-        while _run(handle, ["sh", "-c", f"{' '.join(socket_cli)} PING 2>&1 || true"]).strip() != (
-            "PONG"
-        ):
+        deadline = time.monotonic() + handle.timeout_s  # a large RDB takes long to load
+        ping = ["sh", "-c", f"{' '.join(socket_cli)} PING 2>&1 || true"]
+        while _run(handle, ping).strip() != "PONG":
             if time.monotonic() >= deadline:
-                raise ExecFailed(f"the RDB did not load within {READY_WAIT_S:.0f}s for figures")
+                raise ExecFailed(f"the RDB did not load within {handle.timeout_s:.0f}s")
             time.sleep(0.2)
         return figures_with(lambda args: _run(handle, [*socket_cli, *args]))
     finally:
         with contextlib.suppress(ExecFailed, docker.errors.APIError):
-            _run(handle, ["sh", "-c", f"{' '.join(socket_cli)} SHUTDOWN NOSAVE >/dev/null 2>&1;"
-                          f" rm -f {FIGURES_SOCKET}; true"])  # fmt: skip
+            _run(handle, ["sh", "-c", f"{stop_private}; true"])
 
 
 class RedisBackup:
