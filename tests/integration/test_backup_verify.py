@@ -415,6 +415,14 @@ async def test_a_tampered_backup_fails_verification_and_degrades_the_service(
         assert (await _verification(api, service_id, later["id"]))["state"] == "verified"
         body = await wait_status(api, service_id, "operational", timeout_s=30)
         assert body["status_reason"] is None
+
+        # `daily`: a backup verified less than 24 h ago spares the next one its test restore.
+        await pool.execute(
+            "UPDATE backup_schedules SET verify = 'daily' WHERE service_id = $1", UUID(service_id)
+        )
+        spared = await _backup(api, service_id)
+        await asyncio.sleep(5)
+        assert (await _entry(api, service_id, spared["id"]))["verification"] is None
         await eventually(
             lambda: asyncio.to_thread(_no_scratch_left, docker_client, later["id"]),
             30,
