@@ -392,12 +392,19 @@ async def test_a_tampered_backup_fails_verification_and_degrades_the_service(
         assert "public.orders" in body["status_reason"]
 
         # The monitor's next "operational" does not lift it …
+        generation = await pool.fetchval(
+            "SELECT requested_generation FROM service_status WHERE service_id = $1",
+            UUID(service_id),
+        )
         monitor = await platform.bus(Role.MONITOR)
         try:
             await publish_event(
                 monitor.jetstream(),
                 ServiceStatusChanged(
-                    service_id=UUID(service_id), status="operational", source=MONITOR_SOURCE
+                    service_id=UUID(service_id),
+                    status="operational",
+                    source=MONITOR_SOURCE,
+                    generation=generation,  # as the monitor stamps it (no newer request)
                 ),
                 origin=Role.MONITOR,
             )
