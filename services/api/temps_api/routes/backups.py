@@ -42,7 +42,7 @@ from temps_shared.store.types import Connection
 from temps_api.audit import record_audit
 from temps_api.auth import BACKUPS_READ, BACKUPS_WRITE, SECRETS_READ, Principal
 from temps_api.backup_download import stream_artifact
-from temps_api.deps import State, require
+from temps_api.deps import State, described, require
 from temps_api.errors import ApiError, error_responses, not_found
 
 router = APIRouter(prefix="/api/external-services", tags=["backups"])
@@ -237,7 +237,8 @@ def _file_name(service: ServiceRecord, backup: BackupRow, artifact: str) -> str:
             "content": {"application/octet-stream": {}},
             "description": "The artifact, decrypted and decompressed.",
         },
-        **error_responses(409, 502),
+        **error_responses(409),
+        **described(502, "The backup store failed"),
     },
     response_class=StreamingResponse,
 )
