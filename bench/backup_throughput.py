@@ -117,6 +117,12 @@ class SizeResult:
     worker_idle_rss_mb: float = 0.0  # the worker's RSS before its first backup
     worker_peak_rss_mb: float = 0.0  # VmHWM of the worker process at this size
 
+    @property
+    def ratio_total(self) -> float:
+        """All baseline seconds over all platform seconds: steadier than the median of the
+        per-round ratios when the host's load changes between the halves of a round."""
+        return sum(r.baseline_s for r in self.runs) / sum(r.platform_s for r in self.runs)
+
     def mb_per_s(self, seconds: float) -> float:
         return self.database_bytes / MB / seconds
 
@@ -135,6 +141,7 @@ class SizeResult:
                 for r in self.runs
             ],
             "ratio_median": round(statistics.median(ratios), 3),
+            "ratio_total": round(self.ratio_total, 3),
             "worker_idle_rss_mb": round(self.worker_idle_rss_mb, 1),
             "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
         }
@@ -482,7 +489,8 @@ def print_table(results: list[SizeResult]) -> None:
         median = statistics.median(r.ratio for r in result.runs)
         verdict = "meets" if median >= 0.8 else "BELOW"
         print(
-            f"{result.database_bytes / MB:.0f} MB: median ratio {median:.2f}x "
+            f"{result.database_bytes / MB:.0f} MB: median ratio {median:.2f}x, "
+            f"total-time ratio {result.ratio_total:.2f}x "
             f"(platform / baseline throughput; {verdict} the 0.8x target), "
             f"worker RSS idle {result.worker_idle_rss_mb:.1f} MB, "
             f"peak {result.worker_peak_rss_mb:.1f} MB"
