@@ -81,8 +81,9 @@ async def test_a_backup_restored_as_a_new_service_brings_the_old_data(
     assert (new["service_type"], new["version"]) == ("postgres", "15")
     new_creds = await credentials(api, new_id)
     assert new_creds["password"] != old_creds["password"]  # a copy, not a shared secret
-    # The old database is back, in the new service, under the old database's name.
-    conn = await pg_connect(new_creds, database=old_creds["database"])
+    # The old database is back, in the new service, as its primary database.
+    assert new_creds["database"] == old_creds["database"]
+    conn = await pg_connect(new_creds)
     try:
         assert await conn.fetch("SELECT * FROM kept ORDER BY id") == expected
     finally:

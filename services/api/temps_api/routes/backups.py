@@ -139,21 +139,26 @@ async def _completed_backup(conn: Connection, service_id: UUID, backup_id: UUID)
 async def _new_service_for(
     conn: Connection, state: State, source: ServiceRecord, name: str
 ) -> UUID:
-    """A service like `source` named `name` (409 taken, 422 its version no longer offered)."""
+    """A service like `source` named `name`, with its own credentials (409 taken, 422 its
+    version no longer offered)."""
     if source.version not in offered_versions(state.settings, source.service_type):
         raise ApiError(
             422,
             "invalid_input",
             f"{source.service_type} {source.version} is no longer offered here; restore in place",
         )
-    engine = ENGINES[source.service_type]
+    credentials = ENGINES[source.service_type].generate_credentials(name)
+    # New secrets, but the same primary database: the new service's connection string then
+    # names the restored data (PostgreSQL).
+    if "database" in credentials:
+        credentials["database"] = source.credentials(state.keyring)["database"]
     new = NewService(
         name=name,
         engine=source.service_type,
         version=source.version,
         parameters=source.parameters,
         resources=source.resources,
-        credentials=engine.generate_credentials(name),
+        credentials=credentials,
     )
     try:
         return await register_service(conn, state.keyring, new)
