@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 from temps_shared.backups import layout
 from temps_shared.backups.codec import EncodedSize, encode
+from temps_shared.backups.destination import self_backup_reason
 from temps_shared.backups.protocol import ArtifactSource, Figures
 from temps_shared.backups.store import StoreError
 from temps_shared.bus.consume import TerminalError
@@ -58,6 +59,8 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
     target = await resolve(w, command.service_id, command.backup_id)
     if target.backup.state in ("completed", "failed"):
         return  # a redelivery of a backup that already ended
+    if reason := await self_backup_reason(w.pool, target.store.destination, command.service_id):
+        raise TerminalError(reason)  # a service never backs up into itself
     folder = layout.backup_folder(
         target.service.service_type,
         target.service.name,
