@@ -4,19 +4,24 @@ wrong; a tar that does not match its index is refused; the listing keeps S3's or
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import pyrage
 import pytest
 from temps_shared.backups import s3_archive
-from temps_shared.backups.s3 import _keep_listing_order, _list_versions
+from temps_shared.backups.codec import encode
+from temps_shared.backups.s3 import _decoded, _keep_listing_order, _list_versions
 from temps_shared.backups.s3_archive import (
     BucketIndex,
     Entry,
@@ -249,3 +254,36 @@ def test_the_listing_keeps_the_order_of_versions_and_delete_markers() -> None:
     assert [v.latest for v in listed] == [True, False, False, False, True]
     assert s3_archive.multipart_count('"0123456789abcdef0123456789abcdef-7"') == 7
     assert s3_archive.multipart_count('"0123456789abcdef0123456789abcdef"') == 0
+
+
+def _opener(stored: bytes) -> Any:
+    @contextlib.contextmanager
+    def open_artifact(entry: dict[str, Any]) -> Iterator[IO[bytes]]:
+        yield io.BytesIO(stored)
+
+    return open_artifact
+
+
+def test_the_encrypted_tar_is_read_through_a_pipe_and_stops_cleanly() -> None:
+    """As a restore reads it: decrypted and decompressed by a thread into a pipe; a reader
+    that stops early ends the thread without an error; a wrong key is named."""
+    buckets, _, tar_bytes = _archive()
+    identity = pyrage.x25519.Identity.generate()
+    sink = io.BytesIO()
+    encode(iter([tar_bytes]), str(identity.to_public()), sink)
+    artifact = {"name": "objects.tar.zst.age"}
+    entries = [e for b in buckets for e in b.entries]
+    with _decoded(_opener(sink.getvalue()), artifact, str(identity)) as stream:
+        for entry, body in tar_members(stream, entries):
+            if body is not None:
+                check_body(entry, body)
+    large = io.BytesIO()  # more than a pipe holds: the thread is blocked writing when closed
+    encode(iter([os.urandom(4 << 20)]), str(identity.to_public()), large)
+    with _decoded(_opener(large.getvalue()), artifact, str(identity)) as stream:
+        assert len(stream.read(512)) == 512
+    other = pyrage.x25519.Identity.generate()
+    with (
+        pytest.raises(S3ArchiveError, match=r"objects\.tar\.zst\.age cannot be read"),
+        _decoded(_opener(sink.getvalue()), artifact, str(other)) as stream,
+    ):
+        stream.read()
