@@ -9,7 +9,9 @@ import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from uuid import UUID, uuid4
 
+import asyncpg
 import docker
 import httpx
 import pytest
@@ -116,6 +118,25 @@ async def test_a_postgres_dump_downloads_decrypted_and_pg_restore_reads_it(
     assert "globals.sql" in missing.json()["error"]["message"]
     unknown = await api.get(f"/api/external-services/{service_id}/backups/{service_id}/download")
     assert unknown.status_code == 404, unknown.text
+
+    # A backup that did not complete has nothing to download or restore: 409.
+    failed_id = uuid4()
+    conn = await asyncpg.connect(platform.env["TEMPS_DATABASE_URL"])
+    try:
+        await conn.execute(
+            "INSERT INTO backups (backup_id, service_id, state, reason)"
+            " VALUES ($1, $2, 'failed', 'test')",
+            failed_id,
+            UUID(service_id),
+        )
+        base = f"/api/external-services/{service_id}/backups/{failed_id}"
+        unfinished = await api.get(f"{base}/download")
+        assert unfinished.status_code == 409, unfinished.text
+        unfinished = await api.post(f"{base}/restore", json={"as_new_service": f"{P}never"})
+        assert unfinished.status_code == 409, unfinished.text
+    finally:
+        await conn.execute("DELETE FROM backups WHERE backup_id = $1", failed_id)
+        await conn.close()
 
     # backups:read alone (or secrets:read alone) is not enough.
     for permissions in (["backups:read"], ["secrets:read"]):
