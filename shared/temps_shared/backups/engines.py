@@ -1,14 +1,11 @@
-"""The engines the backup worker knows, by service type."""
+"""The backups of every engine, by service type: each engine brings its own
+(`Engine.backup()`)."""
 
 from __future__ import annotations
 
-from temps_shared.backups.postgres import PostgresBackup
 from temps_shared.backups.protocol import EngineBackup
-from temps_shared.backups.redis import RedisBackup
-from temps_shared.backups.s3 import S3Backup
+from temps_shared.engines import ENGINES
 
 ENGINE_BACKUPS: dict[str, EngineBackup] = {
-    "postgres": PostgresBackup(),
-    "redis": RedisBackup(),
-    "s3": S3Backup(),
+    service_type: engine.backup() for service_type, engine in ENGINES.items()
 }

@@ -6,7 +6,7 @@ how its service type runs, when it is ready, what finishes its setup, and how it
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -15,6 +15,9 @@ from temps_shared.links import LinkGrant
 from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
+
+if TYPE_CHECKING:  # the engines import their backups on demand (the backup worker's code)
+    from temps_shared.backups.protocol import EngineBackup
 
 # Port name → (host, port) a worker dials: the private name and container port when workers
 # run on the `temps` network, the loopback publication otherwise.
@@ -124,4 +127,11 @@ class Engine(Protocol):
         self, connection_info: dict[str, Any], grant: LinkGrant
     ) -> tuple[dict[str, str], set[str]]:
         """The variables injected into a linked project + environment, and which are secret."""
+        ...
+
+    # --- backups -------------------------------------------------------------------------
+
+    def backup(self) -> EngineBackup:
+        """How this service type is backed up, restored and verified (a module of
+        `temps_shared.backups`, imported on demand so the other processes never load it)."""
         ...

@@ -4,7 +4,7 @@ connection info and credentials. Replication SQL lives in `postgres_replication.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -28,6 +28,9 @@ from temps_shared.links import LinkGrant, identifier_for
 from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
+
+if TYPE_CHECKING:
+    from temps_shared.backups.protocol import EngineBackup
 
 PORT = 5432
 PORT_NAME = "postgres"
@@ -437,3 +440,10 @@ class PostgresEngine:
                 _url(user, password, r["host"], r["port"], database) for r in replicas
             )
         return variables, {"POSTGRES_PASSWORD"}
+
+    def backup(self) -> EngineBackup:
+        from temps_shared.backups.postgres import (
+            PostgresBackup,  # on demand: the backup worker's code
+        )
+
+        return PostgresBackup()

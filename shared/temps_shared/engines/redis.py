@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 from uuid import UUID
 
@@ -44,6 +44,9 @@ from temps_shared.links import LinkGrant, identifier_for
 from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
+
+if TYPE_CHECKING:
+    from temps_shared.backups.protocol import EngineBackup
 
 log = logging.getLogger(__name__)
 
@@ -403,3 +406,8 @@ class RedisEngine:
         if grant.key_prefix:
             variables["REDIS_KEY_PREFIX"] = grant.key_prefix
         return variables, {"REDIS_PASSWORD"}
+
+    def backup(self) -> EngineBackup:
+        from temps_shared.backups.redis import RedisBackup  # on demand: the backup worker's code
+
+        return RedisBackup()

@@ -17,7 +17,7 @@ import re
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import botocore.exceptions
@@ -44,6 +44,9 @@ from temps_shared.links import LinkGrant, bucket_for
 from temps_shared.runtime import ContainerSpec, DockerRuntime
 from temps_shared.store.services import ServiceRecord
 from temps_shared.tls import ServerCertificate
+
+if TYPE_CHECKING:
+    from temps_shared.backups.protocol import EngineBackup
 
 S3_PORT = 8443  # socat, on every interface of the container: the one port others reach
 INTERNAL_S3_PORT = 8444  # SeaweedFS' S3 HTTPS listener, on the container's loopback
@@ -365,3 +368,8 @@ class S3Engine:
             "AWS_DEFAULT_REGION": REGION,
         }
         return variables, {"S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"}
+
+    def backup(self) -> EngineBackup:
+        from temps_shared.backups.s3 import S3Backup  # on demand: the backup worker's code
+
+        return S3Backup()
