@@ -17,12 +17,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-from temps_backup.main import serve as serve_backup
 from temps_backup.settings import BackupSettings
 from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.integration.backup_store import SeaweedStore
+from tests.integration.backup_store import SeaweedStore, running_backup_worker
 from tests.integration.conftest import Platform
 from tests.support import RUN_PORT_BASE, TEST_LABEL, eventually, free_port, wait_status
 
@@ -44,17 +43,11 @@ async def running_platform(env: dict[str, str]) -> AsyncIterator[Platform]:
     platform = Platform(env)
     await platform.start_api()
     await platform.start_provisioner()
-    settings = BackupSettings(
-        **{k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}, backup_progress_s=0.5
-    )
-    stop = asyncio.Event()
-    worker = asyncio.create_task(serve_backup(settings, stop))
+    values = {k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}
     try:
-        yield platform
+        async with running_backup_worker(BackupSettings(**values, backup_progress_s=0.5)):
+            yield platform
     finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(worker, 30)
         with contextlib.suppress(asyncio.CancelledError):
             await platform.stop()
 

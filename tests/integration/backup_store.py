@@ -3,20 +3,24 @@ port chosen free (other suites run at the same time), telemetry off."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from temps_backup.main import serve as serve_backup
+from temps_backup.settings import BackupSettings
 
 from tests.support import free_port
 
@@ -103,3 +107,40 @@ def _wait_ready(store: SeaweedStore, process: subprocess.Popen[bytes], directory
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
+
+
+def backup_settings(env: dict[str, str], store: SeaweedStore, **overrides: Any) -> BackupSettings:
+    """A backup worker's settings: the platform's `TEMPS_*` env, `store` as its built-in store,
+    progress twice a second, then `overrides`."""
+    values: dict[str, Any] = {k.removeprefix("TEMPS_").lower(): v for k, v in env.items()}
+    values.update(
+        backup_store_endpoint=store.endpoint,
+        backup_store_access_key=store.access_key,
+        backup_store_secret_key=store.secret_key,
+        backup_progress_s=0.5,
+    )
+    return BackupSettings(**{**values, **overrides})
+
+
+@asynccontextmanager
+async def running_backup_worker(settings: BackupSettings) -> AsyncIterator[None]:
+    """A backup worker in this event loop, drained (bounded) on the way out."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(serve_backup(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(worker, 30)
+
+
+@asynccontextmanager
+async def store_with_worker(
+    env: dict[str, str], directory: Path, **overrides: Any
+) -> AsyncIterator[tuple[SeaweedStore, BackupSettings]]:
+    """A SeaweedFS backup store and a backup worker using it."""
+    with seaweedfs_store(directory) as store:
+        settings = backup_settings(env, store, **overrides)
+        async with running_backup_worker(settings):
+            yield store, settings

@@ -6,7 +6,6 @@ PostgreSQL, Docker, S3."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
@@ -27,8 +26,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from botocore.config import Config
-from temps_backup.main import serve as serve_backup
-from temps_backup.settings import BackupSettings
 from temps_shared.backups.destination import (
     Destination,
     destination_secret_aad,
@@ -38,7 +35,7 @@ from temps_shared.crypto import KeyRing
 from temps_shared.store.certificate_authority import CA_CERT_FILE
 from temps_shared.tls import create_ca, issue_server_certificate
 
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
+from tests.integration.backup_store import SeaweedStore, store_with_worker
 from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import credentials, eventually, free_port, wait_status
@@ -146,22 +143,11 @@ async def builtin(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SeaweedStore]:
     """The built-in store and a backup worker using it, for this module."""
-    with seaweedfs_store(tmp_path_factory.mktemp("builtin-store")) as running:
-        settings = BackupSettings(
-            **{k.removeprefix("TEMPS_").lower(): v for k, v in platform.env.items()},
-            backup_store_endpoint=running.endpoint,
-            backup_store_access_key=running.access_key,
-            backup_store_secret_key=running.secret_key,
-            backup_progress_s=0.5,
-        )
-        stop = asyncio.Event()
-        worker = asyncio.create_task(serve_backup(settings, stop))
-        try:
-            yield running
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, 30)
+    async with store_with_worker(platform.env, tmp_path_factory.mktemp("builtin-store")) as (
+        running,
+        _,
+    ):
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -159,11 +159,6 @@ async def test_a_postgres_dump_downloads_decrypted_and_pg_restore_reads_it(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's trace_requests middleware (starlette BaseHTTPMiddleware) completes a "
-    "streamed body whose generator raised; it must become a pure ASGI middleware (report of H5)",
-)
 async def test_a_damaged_artifact_ends_the_download_with_an_error(
     api: httpx.AsyncClient, store: SeaweedStore, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ Docker. Short periods keep the module quick; a minute-boundary slot is waited fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from temps_shared.bus.publish import publish_command
 from temps_shared.messages import Role, RunBackup
 from temps_shared.store.backup_schedules import claim_due, schedule_of
 
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
+from tests.integration.backup_store import SeaweedStore, store_with_worker
 from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import eventually, wait_status
@@ -43,25 +42,14 @@ async def harness(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Harness]:
     """The backup store and one backup worker replica whose scheduler runs twice a second."""
-    with seaweedfs_store(tmp_path_factory.mktemp("backup-store")) as running:
-        settings = BackupSettings(
-            **{k.removeprefix("TEMPS_").lower(): v for k, v in platform.env.items()},
-            backup_store_endpoint=running.endpoint,
-            backup_store_access_key=running.access_key,
-            backup_store_secret_key=running.secret_key,
-            backup_progress_s=0.5,
-            backup_scheduler_period_s=0.5,
-            backup_deadline_s=DEADLINE_S,
-            backup_deleted_service_grace_s=0,
-        )
-        stop = asyncio.Event()
-        worker = asyncio.create_task(serve_backup(settings, stop))
-        try:
-            yield Harness(running, settings)
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, 30)
+    async with store_with_worker(
+        platform.env,
+        tmp_path_factory.mktemp("backup-store"),
+        backup_scheduler_period_s=0.5,
+        backup_deadline_s=DEADLINE_S,
+        backup_deleted_service_grace_s=0,
+    ) as (running, settings):
+        yield Harness(running, settings)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +160,8 @@ async def test_the_schedule_has_defaults_and_refuses_bad_input(
     assert changed["schedule"] == "15 3 * * 1-5"
     assert changed["schedule_is_default"] is False
     assert (changed["retention_days"], changed["verify"]) == (90, "daily")
+    listed = (await api.get(f"/api/external-services/{service}/backups")).json()
+    assert listed["schedule"] == changed  # the catalogue's answer carries the schedule
     back = await _patch(api, service, schedule=None, retention_days=7, verify="every")
     assert back["schedule"] == schedule["schedule"]
     off = await _patch(api, service, enabled=False)

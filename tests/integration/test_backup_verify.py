@@ -8,7 +8,6 @@ PostgreSQL, Redis, Docker and S3 (SeaweedFS)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import ssl
@@ -25,9 +24,7 @@ import httpx
 import pyrage
 import pytest
 import redis.asyncio as aioredis
-from temps_backup.main import serve as serve_backup
 from temps_backup.scratch_service import LABEL_SCRATCH
-from temps_backup.settings import BackupSettings
 from temps_shared.backups.codec import encode
 from temps_shared.backups.identity import backup_identity
 from temps_shared.bus.publish import publish_command, publish_event
@@ -36,7 +33,7 @@ from temps_shared.ids import container_name
 from temps_shared.messages import MONITOR_SOURCE, Role, ServiceStatusChanged, VerifyBackup
 from temps_shared.runtime.container_io import exec_output
 
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
+from tests.integration.backup_store import SeaweedStore, store_with_worker
 from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import credentials, eventually, wait_status
@@ -52,24 +49,10 @@ async def store(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SeaweedStore]:
     """The backup store and a backup worker using it, for this module."""
-    with seaweedfs_store(tmp_path_factory.mktemp("verify-store")) as running:
-        env: dict[str, Any] = {k.removeprefix("TEMPS_").lower(): v for k, v in platform.env.items()}
-        settings = BackupSettings(
-            **env,
-            backup_store_endpoint=running.endpoint,
-            backup_store_access_key=running.access_key,
-            backup_store_secret_key=running.secret_key,
-            backup_bucket=BUCKET,
-            backup_progress_s=0.5,
-        )
-        stop = asyncio.Event()
-        worker = asyncio.create_task(serve_backup(settings, stop))
-        try:
-            yield running
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, 30)
+    async with store_with_worker(
+        platform.env, tmp_path_factory.mktemp("verify-store"), backup_bucket=BUCKET
+    ) as (running, _):
+        yield running
 
 
 async def _create(api: httpx.AsyncClient, name: str, service_type: str) -> str:

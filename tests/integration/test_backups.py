@@ -5,7 +5,6 @@ checks every artifact before it changes anything. Real NATS, PostgreSQL, Docker,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import ssl
@@ -20,12 +19,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import zstandard
-from temps_backup.main import serve as serve_backup
-from temps_backup.settings import BackupSettings
 from temps_shared.backups.identity import backup_identity
 from temps_shared.crypto import load_or_create_master_key
 
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
+from tests.integration.backup_store import SeaweedStore, store_with_worker
 from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import credentials, eventually, wait_status
@@ -39,22 +36,11 @@ async def store(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SeaweedStore]:
     """The backup store and a backup worker using it, for this module."""
-    with seaweedfs_store(tmp_path_factory.mktemp("backup-store")) as running:
-        settings = BackupSettings(
-            **{k.removeprefix("TEMPS_").lower(): v for k, v in platform.env.items()},
-            backup_store_endpoint=running.endpoint,
-            backup_store_access_key=running.access_key,
-            backup_store_secret_key=running.secret_key,
-            backup_progress_s=0.5,
-        )
-        stop = asyncio.Event()
-        worker = asyncio.create_task(serve_backup(settings, stop))
-        try:
-            yield running
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, 30)
+    async with store_with_worker(platform.env, tmp_path_factory.mktemp("backup-store")) as (
+        running,
+        _,
+    ):
+        yield running
 
 
 async def _create(api: httpx.AsyncClient, name: str, service_type: str, **extra: Any) -> str:

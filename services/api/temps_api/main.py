@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
-from opentelemetry import trace
+from fastapi import FastAPI, Response
 from temps_shared.bootstrap import bootstrap
 from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
@@ -19,14 +17,12 @@ from temps_shared.crypto import KeyRing
 from temps_shared.messages import Role
 from temps_shared.metrics import (
     CONTENT_TYPE,
-    HTTP_DURATION,
-    HTTP_REQUESTS,
     exposition,
     run_queue_sampler,
 )
 from temps_shared.store.certificate_authority import ensure_installation_ca
 from temps_shared.store.pool import create_pool
-from temps_shared.telemetry import context_from_headers, setup_logging, setup_tracing
+from temps_shared.telemetry import setup_logging, setup_tracing
 
 from temps_api.api_docs import install_api_docs
 from temps_api.audit import uvicorn_proxy_options
@@ -35,6 +31,7 @@ from temps_api.errors import document_errors, install_error_handlers
 from temps_api.outbox_relay import run_relay
 from temps_api.projector import run_health_projector, run_projector
 from temps_api.request_guard import RequestGuard
+from temps_api.request_tracing import TraceRequests
 from temps_api.routes import (
     audit_log,
     backup_destination,
@@ -53,7 +50,6 @@ from temps_api.settings import ApiSettings
 from temps_api.state import AppState
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("temps.api")
 OPENAPI_URL = "/api/openapi.json"
 
 
@@ -120,33 +116,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     install_api_docs(app, OPENAPI_URL)
 
-    @app.middleware("http")
-    async def trace_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        with tracer.start_as_current_span(
-            f"{request.method} {request.url.path}",
-            context=context_from_headers(request.headers),
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.url.path},
-        ) as span:
-            started, status = time.perf_counter(), 500
-            try:
-                response = await call_next(request)
-                status = response.status_code
-            finally:
-                # The route's template (`/api/external-services/{service_id}`), not the path:
-                # one series per route, whatever the ids.
-                template = getattr(request.scope.get("route"), "path", None)
-                route = template if isinstance(template, str) else "unmatched"
-                if template is not None:
-                    span.update_name(f"{request.method} {route}")
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                labels = (request.method, route, str(status))
-                HTTP_REQUESTS.labels(*labels).inc()
-                HTTP_DURATION.labels(*labels).observe(time.perf_counter() - started)
-            return response
+    app.add_middleware(TraceRequests)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

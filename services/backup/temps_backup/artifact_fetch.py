@@ -4,16 +4,21 @@ verification both rely on it)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
-from collections.abc import Iterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
 import zstandard
+from temps_shared.backups import layout
 from temps_shared.backups.codec import decode, sha256_of
-from temps_shared.backups.store import BackupStore
+from temps_shared.backups.protocol import OpenArtifact
+from temps_shared.backups.store import BackupStore, StoreError
 from temps_shared.bus.consume import TerminalError
 
 
@@ -51,15 +56,16 @@ def fetch_and_check(
         file.seek(0)
         try:
             decode(file, identity, _Discard())
-        except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+        except (pyrage.DecryptError, zstandard.ZstdError, OSError) as exc:
+            # A truncated age stream ends in OSError("decryption error"), not DecryptError.
             raise TerminalError(
-                f"artifact {name} cannot be decrypted with this installation's key ({exc}); "
-                f"{consequence}"
+                f"artifact {name} cannot be decrypted with this installation's key, or is "
+                f"damaged or truncated ({exc}); {consequence}"
             ) from exc
     return path
 
 
-def opener(paths: dict[str, Path]) -> Any:
+def opener(paths: dict[str, Path]) -> OpenArtifact:
     """An `OpenArtifact` over artifacts fetched into `paths` (name → file)."""
 
     @contextlib.contextmanager
@@ -68,3 +74,35 @@ def opener(paths: dict[str, Path]) -> Any:
             yield file
 
     return open_artifact
+
+
+@dataclass(frozen=True)
+class CheckedBackup:
+    manifest: dict[str, Any]
+    artifacts: list[dict[str, Any]]  # the manifest's entries
+    open_artifact: OpenArtifact  # each one, downloaded and checked
+
+
+@contextlib.asynccontextmanager
+async def checked_backup(
+    identity: str, store: BackupStore, folder: str, work_dir: Path | None, consequence: str
+) -> AsyncIterator[CheckedBackup]:
+    """The manifest and every artifact of the backup in `folder`, downloaded into a spool
+    directory (removed on the way out) and checked, before the caller touches anything.
+    Raises `TerminalError` (ending with `consequence`) for a missing or damaged one."""
+    try:
+        manifest = await asyncio.to_thread(store.get_json, folder + layout.MANIFEST)
+    except StoreError as exc:
+        raise TerminalError(f"{exc}; {consequence}") from exc
+    artifacts: list[dict[str, Any]] = manifest["artifacts"]
+    with tempfile.TemporaryDirectory(dir=work_dir) as spool_dir:
+        paths = {}
+        for artifact in artifacts:
+            try:
+                paths[artifact["name"]] = await asyncio.to_thread(
+                    fetch_and_check, identity, store, folder, artifact, Path(spool_dir),
+                    consequence,
+                )  # fmt: skip
+            except StoreError as exc:
+                raise TerminalError(f"{exc}; {consequence}") from exc
+        yield CheckedBackup(manifest, artifacts, opener(paths))

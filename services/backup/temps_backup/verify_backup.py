@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import docker
-from temps_shared.backups import layout
 from temps_shared.backups.destination import load_destination
 from temps_shared.backups.engines import ENGINE_BACKUPS
 from temps_shared.backups.figures import differences, reason, summary
-from temps_shared.backups.protocol import EngineBackup, Figures
-from temps_shared.backups.store import BackupStore, StoreError
+from temps_shared.backups.protocol import EngineBackup, Figures, OpenArtifact
+from temps_shared.backups.store import BackupStore
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.engines import offered_versions
@@ -28,7 +25,7 @@ from temps_shared.runtime.container_io import ExecFailed
 from temps_shared.store.backups import get_backup
 from temps_shared.store.services import ServiceRecord, get_service
 
-from temps_backup.artifact_fetch import fetch_and_check, opener
+from temps_backup.artifact_fetch import checked_backup
 from temps_backup.context import BackupWorker
 from temps_backup.scratch_service import remove_orphans, scratch_service, when_ready
 
@@ -60,29 +57,19 @@ async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
         raise TerminalError(f"backups of {service.service_type} services are not supported")
     store = w.store if destination.id is None else BackupStore(destination)
     folder = backup.location
-    try:
-        document = await asyncio.to_thread(store.get_json, folder + layout.MANIFEST)
-    except StoreError as exc:
-        raise TerminalError(f"{exc}; {NOT_VERIFIED}") from exc
-    expected: Figures = document.get("figures") or {}
-    image = await _image(w, service, str(document.get("version") or service.version))
-    extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
-    log.info("verifying backup %s in a scratch %s", command.backup_id, image, extra=extra)
-    with tempfile.TemporaryDirectory(dir=w.settings.backup_work_dir) as spool_dir:
-        artifacts: list[dict[str, Any]] = document["artifacts"]
-        paths = {}
-        for artifact in artifacts:
-            try:
-                paths[artifact["name"]] = await asyncio.to_thread(
-                    fetch_and_check, w.identity, store, folder, artifact, Path(spool_dir),
-                    NOT_VERIFIED,
-                )  # fmt: skip
-            except StoreError as exc:
-                raise TerminalError(f"{exc}; {NOT_VERIFIED}") from exc
+    async with checked_backup(
+        w.identity, store, folder, w.settings.backup_work_dir, NOT_VERIFIED
+    ) as checked:
+        expected: Figures = checked.manifest.get("figures") or {}
+        version = str(checked.manifest.get("version") or service.version)
+        image = await _image(w, service, version)
+        extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
+        log.info("verifying backup %s in a scratch %s", command.backup_id, image, extra=extra)
         try:
             actual = await asyncio.to_thread(
-                _test_restore, w, service, engine, image, command, artifacts, paths
-            )
+                _test_restore, w, service, engine, image, command, checked.artifacts,
+                checked.open_artifact,
+            )  # fmt: skip
         except (ExecFailed, docker.errors.DockerException) as exc:
             raise TerminalError(f"the test restore failed: {exc}") from exc
     named = differences(expected, actual)
@@ -118,7 +105,7 @@ def _test_restore(
     image: str,
     command: VerifyBackup,
     artifacts: list[dict[str, Any]],
-    paths: dict[str, Path],
+    open_artifact: OpenArtifact,
 ) -> Figures:
     """Restore into a scratch copy; the figures of what came back."""
     # Longer than any verification runs: one bound per artifact and the readiness waits.
@@ -129,7 +116,7 @@ def _test_restore(
         w.docker, service, image, command.backup_id, w.identity, w.settings.backup_exec_timeout_s
     ) as scratch:
         when_ready(lambda: engine.figures(scratch), f"the scratch {service.service_type}")
-        engine.restore(scratch, artifacts, opener(paths))
+        engine.restore(scratch, artifacts, open_artifact)
         return when_ready(lambda: engine.figures(scratch), "the restored scratch")
 
 

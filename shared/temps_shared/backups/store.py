@@ -21,10 +21,13 @@ from temps_shared.backups.destination import Destination
 
 T = TypeVar("T")
 PART_BYTES = 8 * 1024 * 1024
-# Multipart parts in flight: the upload's memory is about this many parts.
+# The upload's memory is about (chunks read ahead + parts in flight) parts: boto3 reads up to
+# 10 parts ahead of a non-seekable stream by default, and its constructor does not take the
+# bound, hence the attribute.
 TRANSFER = TransferConfig(
     multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=2
 )
+TRANSFER.max_in_memory_upload_chunks = 4
 
 
 def _ca_file(ca_pem: str | None) -> Any:

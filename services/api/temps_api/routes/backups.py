@@ -29,6 +29,7 @@ from temps_shared.engines import ENGINES, offered_versions
 from temps_shared.ids import NAME_PATTERN
 from temps_shared.messages import RestoreBackup, RunBackup
 from temps_shared.store import outbox
+from temps_shared.store.backup_schedules import schedule_of
 from temps_shared.store.backups import (
     BackupRow,
     backups_of,
@@ -92,11 +93,12 @@ async def create_backup(
 
 @router.get("/{service_id}/backups")
 async def list_backups(service_id: UUID, state: State, _: Reader) -> dict[str, Any]:
-    """The service's backups, newest first."""
+    """The service's backups, newest first, and its schedule (`PATCH …/backups` changes it)."""
     async with state.pool.acquire() as conn:
         await _service(conn, service_id)
         rows = await backups_of(conn, service_id)
-    return {"backups": [row.public() for row in rows]}
+        schedule = await schedule_of(conn, service_id)
+    return {"backups": [row.public() for row in rows], "schedule": schedule.public()}
 
 
 @router.get("/{service_id}/backups/{backup_id}")
