@@ -32,6 +32,7 @@ class Role(StrEnum):
 
 class ServiceStatus(StrEnum):
     PROVISIONING = "provisioning"
+    UPDATING = "updating"  # a change is being applied to running members (issue 13)
     OPERATIONAL = "operational"
     DEGRADED = "degraded"
     DOWN = "down"
