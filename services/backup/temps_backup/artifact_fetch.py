@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from uuid import UUID
 
 import pyrage
 import zstandard
@@ -20,6 +21,7 @@ from temps_shared.backups.codec import decode, sha256_of
 from temps_shared.backups.protocol import OpenArtifact
 from temps_shared.backups.store import BackupStore, StoreError
 from temps_shared.bus.consume import TerminalError
+from temps_shared.crypto import KeyRing
 
 
 class _Discard(io.RawIOBase):
@@ -85,14 +87,25 @@ class CheckedBackup:
 
 @contextlib.asynccontextmanager
 async def checked_backup(
-    identity: str, store: BackupStore, folder: str, work_dir: Path | None, consequence: str
+    identity: str,
+    store: BackupStore,
+    folder: str,
+    work_dir: Path | None,
+    consequence: str,
+    keyring: KeyRing,
 ) -> AsyncIterator[CheckedBackup]:
-    """The manifest and every artifact of the backup in `folder`, downloaded into a spool
+    """The manifest (its seal checked with `keyring`: the SHA-256s it gives are then the
+    installation's own) and every artifact of the backup in `folder`, downloaded into a spool
     directory (removed on the way out) and checked, before the caller touches anything.
     Raises `TerminalError` (ending with `consequence`) for a missing or damaged one."""
     try:
         manifest = await asyncio.to_thread(store.get_json, folder + layout.MANIFEST)
     except StoreError as exc:
+        raise TerminalError(f"{exc}; {consequence}") from exc
+    backup_id = folder.rstrip("/").rsplit("/", 1)[-1]  # the folder ends with the backup id
+    try:
+        layout.check_seal(manifest, keyring, UUID(backup_id))
+    except (layout.ManifestNotSealed, ValueError) as exc:
         raise TerminalError(f"{exc}; {consequence}") from exc
     artifacts: list[dict[str, Any]] = manifest["artifacts"]
     with tempfile.TemporaryDirectory(dir=work_dir) as spool_dir:

@@ -26,7 +26,12 @@ async def handle_restore_backup(w: BackupWorker, command: RestoreBackup) -> None
     folder = target.backup.location
     extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
     async with checked_backup(
-        w.identity, target.store, folder, w.settings.backup_work_dir, "nothing was restored"
+        w.identity,
+        target.store,
+        folder,
+        w.settings.backup_work_dir,
+        "nothing was restored",
+        w.keyring,
     ) as backup:
         if backup.manifest.get("engine") != target.service.service_type:
             raise TerminalError(

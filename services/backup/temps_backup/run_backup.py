@@ -101,8 +101,8 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
             finished_at=utcnow(),
             recipient=w.recipient,
             artifacts=artifacts,
+            figures=figures,  # taken in the artifacts' snapshot: what a verify checks
         )
-        document["figures"] = figures  # taken in the artifacts' snapshot: what a verify checks
         await asyncio.to_thread(target.store.put_json, folder + layout.MANIFEST, document)
     await publish_event(
         w.js,

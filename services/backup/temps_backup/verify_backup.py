@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import docker
+from temps_shared.backups import layout
 from temps_shared.backups.destination import load_destination
 from temps_shared.backups.engines import ENGINE_BACKUPS
 from temps_shared.backups.figures import differences, reason, summary
@@ -58,9 +59,9 @@ async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
     store = w.store if destination.id is None else BackupStore(destination)
     folder = backup.location
     async with checked_backup(
-        w.identity, store, folder, w.settings.backup_work_dir, NOT_VERIFIED
+        w.identity, store, folder, w.settings.backup_work_dir, NOT_VERIFIED, w.keyring
     ) as checked:
-        expected: Figures = checked.manifest.get("figures") or {}
+        expected: Figures = layout.open_figures(checked.manifest, w.keyring)
         version = str(checked.manifest.get("version") or service.version)
         image = await _image(w, service, version)
         extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
