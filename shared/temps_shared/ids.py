@@ -18,7 +18,7 @@ LABEL_INSTALLATION = "io.temps.installation"
 
 
 def is_valid_service_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return _NAME_RE.fullmatch(name) is not None  # `$` would accept a final "\n"
 
 
 def container_name(service_type: str, name: str, replica: int | None = None) -> str:

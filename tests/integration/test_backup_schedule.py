@@ -191,8 +191,8 @@ async def test_retention_deletes_exactly_the_expired_backups(
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key=failed_folder + "big.zst.age")
     await db.execute(
         "INSERT INTO backups (backup_id, service_id, state, location, reason, requested_at,"
-        " finished_at) VALUES ($1, $2, 'failed', $3, 'test', now() - interval '3 days',"
-        " now() - interval '3 days')",
+        " finished_at, registered_at) VALUES ($1, $2, 'failed', $3, 'test',"
+        " now() - interval '3 days', now() - interval '3 days', now() - interval '3 days')",
         UUID(failed),
         UUID(service),
         failed_folder,
@@ -200,8 +200,8 @@ async def test_retention_deletes_exactly_the_expired_backups(
     for backup_id, age in ((expired, timedelta(days=2, hours=1)), (young, timedelta(days=1))):
         await db.execute(
             "UPDATE backups SET requested_at = requested_at - $2::interval,"
-            " started_at = started_at - $2::interval, finished_at = finished_at - $2::interval"
-            " WHERE backup_id = $1",
+            " started_at = started_at - $2::interval, finished_at = finished_at - $2::interval,"
+            " registered_at = registered_at - $2::interval WHERE backup_id = $1",
             UUID(backup_id),
             age,
         )
@@ -223,6 +223,54 @@ async def test_retention_deletes_exactly_the_expired_backups(
     for backup_id in (young, fresh):
         keys = _keys(harness.store, folders[backup_id])
         assert any(k.endswith("/manifest.json") for k in keys), keys
+
+
+async def test_retention_keeps_restoring_imported_and_newest_backups(
+    api: httpx.AsyncClient, harness: Harness, service: str, db: asyncpg.Connection
+) -> None:
+    """Kept past their age: a backup being restored, one imported (registered) today with an
+    old installation's times, and the service's newest completed backup; a plain old one goes."""
+    await _patch(api, service, enabled=False, retention_days=2)
+    plain, restoring, imported, newest = [await _backup(api, service) for _ in range(4)]
+    old = timedelta(days=30)
+    for backup_id in (plain, restoring, imported, newest):
+        registered = timedelta(0) if backup_id == imported else old
+        await db.execute(
+            "UPDATE backups SET requested_at = requested_at - $2::interval,"
+            " started_at = started_at - $2::interval, finished_at = finished_at - $2::interval,"
+            " registered_at = registered_at - $3::interval WHERE backup_id = $1",
+            UUID(backup_id),
+            old,
+            registered,
+        )
+    # Earlier tests' backups end before these (kept: registered recently).
+    await db.execute(
+        "UPDATE backups SET finished_at = finished_at - interval '60 days'"
+        " WHERE service_id = $1 AND NOT backup_id = ANY($2::uuid[])",
+        UUID(service),
+        [UUID(b) for b in (plain, restoring, imported, newest)],
+    )
+    await db.execute(
+        "UPDATE backups SET restore_id = $2, restore_state = 'requested' WHERE backup_id = $1",
+        UUID(restoring),
+        uuid4(),
+    )
+    await eventually(lambda: _gone(db, plain), 30, "the plain expired backup to be deleted")
+    await asyncio.sleep(2 * harness.settings.backup_scheduler_period_s + 0.5)
+    for backup_id in (restoring, imported, newest):
+        assert await _row_exists(db, backup_id), backup_id
+        assert _keys(harness.store, await _location(db, backup_id)), backup_id
+    # Once the restore ended, the old backup expires like any other.
+    await db.execute(
+        "UPDATE backups SET restore_state = 'completed' WHERE backup_id = $1", UUID(restoring)
+    )
+    await eventually(lambda: _gone(db, restoring), 30, "the restored backup to expire")
+    assert await _row_exists(db, newest)
+    assert await _row_exists(db, imported)
+
+
+async def _gone(db: asyncpg.Connection, backup_id: str) -> bool:
+    return not await _row_exists(db, backup_id)
 
 
 async def test_a_backup_past_the_deadline_is_failed(

@@ -3,7 +3,13 @@
 `backup_deleted_service_grace_s` ago, is deleted: every object of its folder in its own
 destination first (and unfinished multipart uploads there), then its catalogue row (with a
 BackupDeleted event). A crash in between leaves a row whose folder is empty: the next round
-deletes it again. Backups still open are the deadline's."""
+deletes it again. Backups still open are the deadline's.
+
+Never deleted by age: a backup being restored (`restore_state = 'requested'`), and the newest
+completed backup of a service that still exists (with automatic backups off or failing, it is
+the only way back; the next completed backup lets it expire). Age counts from when the backup
+ended or from when this installation registered it, whichever is later: a backup imported by
+`temps backup restore-service` carries the old installation's times."""
 
 from __future__ import annotations
 
@@ -23,11 +29,18 @@ from temps_backup.context import BackupWorker
 
 log = logging.getLogger(__name__)
 
-# Age counts from when the backup ended (when it was asked for, if it never did). A deleted
-# service's schedule row is gone: its backups count with the default retention meanwhile.
+# Age counts from when the backup ended (when it was asked for, if it never did), or from when
+# it entered this catalogue if later (an imported backup). A deleted service's schedule row is
+# gone: its backups count with the default retention meanwhile.
 _AGED = """
-coalesce(b.finished_at, b.requested_at)
+greatest(coalesce(b.finished_at, b.requested_at), b.registered_at)
     < now() - make_interval(days => coalesce(c.retention_days, $2))
+"""
+# The newest completed backup of a live service is its last way back: kept whatever its age.
+_NEWEST = """
+b.state = 'completed' AND NOT s.purged AND NOT EXISTS (
+    SELECT 1 FROM backups n WHERE n.service_id = b.service_id AND n.state = 'completed'
+      AND (n.finished_at, n.backup_id) > (b.finished_at, b.backup_id))
 """
 _EXPIRED = f"""
 SELECT b.backup_id, b.service_id, b.location, b.destination_id, b.requested_at,
@@ -36,7 +49,9 @@ FROM backups b
 JOIN services s ON s.id = b.service_id
 LEFT JOIN backup_schedules c ON c.service_id = b.service_id
 WHERE b.state IN ('completed', 'failed')
-  AND ((s.purged AND s.updated_at < now() - make_interval(secs => $3)) OR {_AGED})
+  AND b.restore_state IS DISTINCT FROM 'requested'
+  AND ((s.purged AND s.updated_at < now() - make_interval(secs => $3))
+       OR ({_AGED} AND NOT ({_NEWEST})))
 ORDER BY b.requested_at
 LIMIT $1
 FOR UPDATE OF b SKIP LOCKED

@@ -26,7 +26,8 @@ class ScheduleUpdate(BaseModel):
     """What to change; an absent field stays as it is. `schedule: null` restores the default
     (daily, at a time derived from the service)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: lax mode would take `true` as 1 day, "7" as 7 (JSON has the right types).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     enabled: bool | None = Field(None, description="Automatic backups on or off.")
     schedule: str | None = Field(
