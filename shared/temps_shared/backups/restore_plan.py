@@ -212,7 +212,12 @@ async def restore_service(
 ) -> QueuedRestore:
     """A fresh installation gets the backed-up service back under `name` (its engine, version,
     settings and credentials), the bucket as a destination, the backup in its catalogue, and the
-    provisioning and restore commands queued. Call inside a transaction."""
+    provisioning and restore commands queued. Call inside a transaction. The manifest's seal
+    is checked with `keyring` first: nothing is registered for a forged or foreign one."""
+    try:
+        layout.check_seal(stored.manifest, keyring, stored.backup_id)
+    except layout.ManifestNotSealed as exc:
+        raise PlanError("not_sealed", f"{exc}; nothing was restored") from exc
     service_id = await register_service(
         conn, keyring, service_from_manifest(stored.manifest, keyring, name)
     )

@@ -41,7 +41,13 @@ from temps_shared.store.services import ServiceRecord, get_service
 from temps_shared.store.types import Connection
 
 from temps_api.audit import record_audit
-from temps_api.auth import BACKUPS_READ, BACKUPS_WRITE, SECRETS_READ, Principal
+from temps_api.auth import (
+    BACKUPS_READ,
+    BACKUPS_WRITE,
+    EXTERNAL_SERVICES_WRITE,
+    SECRETS_READ,
+    Principal,
+)
 from temps_api.backup_download import stream_artifact
 from temps_api.deps import State, described, require
 from temps_api.errors import ApiError, error_responses, not_found
@@ -187,6 +193,15 @@ async def restore_backup(
     `{"as_new_service": "name"}` into a new service of the same engine, version and settings
     (`new_service` in the answer names it)."""
     as_new = body.as_new_service if body is not None else None
+    if as_new is not None and not principal.can(EXTERNAL_SERVICES_WRITE):
+        # It creates a service: what creating one needs, too.
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this token lacks the {EXTERNAL_SERVICES_WRITE!r} permission (as_new_service"
+            " creates a service)",
+            {"required": EXTERNAL_SERVICES_WRITE},
+        )
     async with state.pool.acquire() as conn, conn.transaction():
         source = await _service(conn, service_id)
         await _completed_backup(conn, service_id, backup_id)
@@ -276,6 +291,10 @@ async def download_backup(
         document = await asyncio.to_thread(store.get_json, backup.location + layout.MANIFEST)
     except StoreError as exc:
         raise ApiError(502, "store_unavailable", f"the backup store failed: {exc}") from exc
+    try:  # the SHA-256 the stream is checked against is then the installation's own
+        layout.check_seal(document, state.keyring, backup_id)
+    except layout.ManifestNotSealed as exc:
+        raise ApiError(409, "backup_not_sealed", f"{exc}; nothing was downloaded") from exc
     artifacts: list[dict[str, Any]] = document.get("artifacts", [])
     if artifact is None:
         own = service.credentials(state.keyring).get("database")
