@@ -1,6 +1,11 @@
 """The S3 jobs SeaweedFS needs the platform to run: quota enforcement (and the `degraded`
 status it implies) every `s3_quota_period_s`, lifecycle expiry every `s3_lifecycle_period_s`.
 
+A changed `size_gb` does not wait for the period: between passes the loop looks every
+`CHANGE_TICK_S` (one small query) for a running service whose `size_gb` is not the one last
+enforced, and enforces that service's quota at once — a raised quota lifts the read-only
+block and the `degraded` status within seconds, with no restart (the container is untouched).
+
 One loop per provisioner replica, next to the command consumer. A pass skips services whose
 container is not running; a failing pass is logged and retried at the next period. Every
 Docker and S3 call is bounded by `JOB_TIMEOUT_S`.
@@ -38,23 +43,49 @@ from temps_provisioner.context import Provisioner
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JOB_TIMEOUT_S = 300.0
+CHANGE_TICK_S = 1.0
 
 
 async def run_s3_jobs(p: Provisioner, stop: asyncio.Event) -> None:
     """Run the S3 jobs until `stop` is set (lifecycle once at start, then on its period)."""
     next_lifecycle = time.monotonic()
+    enforced: dict[UUID, int] = {}  # service → the size_gb its quota was last enforced with
     while not stop.is_set():
         services = await _guarded(_running_s3_services(p), "listing S3 services") or []
         for service in services:
-            await _guarded(quota_pass(p, service), f"quota of {service.name}")
+            await _guarded(_quota(p, service, enforced), f"quota of {service.name}")
         if time.monotonic() >= next_lifecycle:
             next_lifecycle = time.monotonic() + p.settings.s3_lifecycle_period_s
             for service in services:
                 await _guarded(
                     lifecycle_pass(p, service, datetime.now(UTC)), f"lifecycle of {service.name}"
                 )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), p.settings.s3_quota_period_s)
+        next_pass = time.monotonic() + p.settings.s3_quota_period_s
+        while not stop.is_set() and (left := next_pass - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(left, CHANGE_TICK_S))
+            if not stop.is_set():
+                await _guarded(_resized_quotas(p, enforced), "quotas of resized services")
+
+
+async def _quota(p: Provisioner, service: ServiceRecord, enforced: dict[UUID, int]) -> None:
+    if await quota_pass(p, service) is not None:
+        enforced[service.id] = S3Parameters.model_validate(service.parameters).size_gb
+
+
+async def _resized_quotas(p: Provisioner, enforced: dict[UUID, int]) -> None:
+    """Enforce at once the quota of every running service whose size_gb changed since its
+    last pass."""
+    rows = await p.pool.fetch(
+        "SELECT id, (parameters->>'size_gb')::int AS size_gb FROM services"
+        " WHERE service_type = 's3' AND desired_state = 'running' AND NOT purged"
+    )
+    for row in rows:
+        if row["id"] in enforced and enforced[row["id"]] != row["size_gb"]:
+            enforced[row["id"]] = row["size_gb"]  # a failing pass waits for the next period
+            service = await get_service(p.pool, row["id"])
+            if service is not None:
+                await _guarded(_quota(p, service, enforced), f"quota of {service.name}")
 
 
 async def _guarded(work: Awaitable[T], what: str) -> T | None:
