@@ -15,7 +15,7 @@ def test_valid_names(name: str) -> None:
     assert is_valid_service_name(name)
 
 
-@pytest.mark.parametrize("name", ["d", "1db", "Db", "db_1", "a" + "b" * 38, "db.x", ""])
+@pytest.mark.parametrize("name", ["d", "1db", "Db", "db_1", "a" + "b" * 38, "db.x", "", "ab\n"])
 def test_invalid_names(name: str) -> None:
     assert not is_valid_service_name(name)
 

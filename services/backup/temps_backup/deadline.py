@@ -1,6 +1,7 @@
 """Backups that never end are failed: one still requested or running `backup_deadline_s`
 after it was asked for (a worker that died before publishing its command, a dump that hangs)
-is marked failed with the reason, never left "in progress"."""
+is marked failed with the reason, never left "in progress". The worker running it kills its
+commands in the container at the deadline and writes no manifest after it (`run_backup`)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def overdue_reason(deadline_s: float) -> str:
+    return f"the backup did not finish within {_duration(deadline_s)}"
+
+
 async def fail_overdue(w: BackupWorker, limit: int) -> int:
     """Publish BackupFailed for the overdue backups (the projector marks them); several
     replicas doing it at once publish one event (same de-duplication id)."""
     deadline = w.settings.backup_deadline_s
     rows = await w.pool.fetch(_OVERDUE, deadline, limit)
     for row in rows:
-        reason = f"the backup did not finish within {_duration(deadline)}"
+        reason = overdue_reason(deadline)
         await publish_event(
             w.js,
             BackupFailed(service_id=row["service_id"], backup_id=row["backup_id"], reason=reason),

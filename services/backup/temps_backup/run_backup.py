@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, BinaryIO
 from uuid import UUID
 
@@ -32,6 +33,7 @@ from temps_shared.runtime.container_io import ExecFailed
 from temps_shared.service_lock import service_lock
 
 from temps_backup.context import BackupWorker
+from temps_backup.deadline import overdue_reason
 from temps_backup.service_target import Target, resolve
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
         command.backup_id,
     )
     extra = {"service_id": str(command.service_id), "message_id": str(command.message_id)}
+    deadline_s = w.settings.backup_deadline_s
+    requested_at = target.backup.requested_at
+    check_deadline(requested_at, deadline_s)
     # Never while the provisioner recreates the container (nor during a restore).
     async with service_lock(w.pool, command.service_id, wait_s=w.settings.backup_lock_wait_s):
         started_at = utcnow()
@@ -84,8 +89,14 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
         log.info("backing up %s into %s", target.container, folder, extra=extra)
         progress = Progress()
         announcer = asyncio.create_task(_announce(w, command, progress))
+        # Every command in the container is killed when the backup runs out of time: a hung
+        # dump never holds the worker slot and the service lock for ever.
+        bounded = replace(
+            target,
+            handle=replace(target.handle, timeout_s=check_deadline(requested_at, deadline_s)),
+        )
         try:
-            artifacts, figures = await _take(w, target, folder, progress)
+            artifacts, figures = await _take(w, bounded, folder, progress)
         except (ExecFailed, StoreError) as exc:
             raise TerminalError(str(exc)) from exc
         finally:
@@ -103,6 +114,8 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
             artifacts=artifacts,
             figures=figures,  # taken in the artifacts' snapshot: what a verify checks
         )
+        # Too late: the deadline sweep failed it (or will); no manifest may make it look whole.
+        check_deadline(requested_at, deadline_s)
         await asyncio.to_thread(target.store.put_json, folder + layout.MANIFEST, document)
     await publish_event(
         w.js,
@@ -124,6 +137,15 @@ async def handle_run_backup(w: BackupWorker, command: RunBackup) -> None:
             VerifyBackup(service_id=command.service_id, backup_id=command.backup_id),
             origin=Role.BACKUP,
         )
+
+
+def check_deadline(requested_at: datetime, deadline_s: float) -> float:
+    """The seconds the backup has left; `TerminalError` (the same reason the deadline sweep
+    gives) once there are none."""
+    left = deadline_s - (utcnow() - requested_at).total_seconds()
+    if left <= 0:
+        raise TerminalError(overdue_reason(deadline_s))
+    return left
 
 
 async def verify_policy(pool: asyncpg.Pool, service_id: UUID) -> str:

@@ -34,7 +34,6 @@ from temps_shared.backups.protocol import (
     OpenArtifact,
     ServiceHandle,
     Snapshot,
-    exec_source,
 )
 from temps_shared.engines.postgres import PORT, PORT_NAME, connect
 from temps_shared.runtime.container_io import ExecInput, collect, exec_output
@@ -67,6 +66,9 @@ SEQUENCES = r"""
 """
 FIGURES_QUERY = f"SELECT json_build_object('tables', {TABLES}, 'sequences', {SEQUENCES})"
 TABLES_QUERY = f"SELECT json_build_object('tables', {TABLES})"
+# A dump waits this long at most for a table lock (an ALTER TABLE holding one), then fails
+# instead of hanging behind it; less when the backup has less time left.
+LOCK_WAIT_S = 300.0
 ROLE_STATEMENT = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")*"|[^\s;]+)[\s;]')
 
 
@@ -75,6 +77,11 @@ def _connection(credentials: dict[str, str]) -> tuple[list[str], dict[str, str]]
         ["-h", "127.0.0.1", "-p", str(PORT), "-U", credentials["username"]],
         {"PGPASSWORD": credentials["password"], "PGCONNECT_TIMEOUT": "10"},
     )
+
+
+def lock_wait_option(timeout_s: float) -> str:
+    """pg_dump's bound on waiting for its shared table locks (milliseconds)."""
+    return f"--lock-wait-timeout={max(1000, int(min(LOCK_WAIT_S, timeout_s) * 1000))}"
 
 
 def _quoted(identifier: str) -> str:
@@ -91,7 +98,13 @@ def _psql(
     connection, base_env = _connection(handle.credentials)
     argv = ["psql", *connection, "-d", database, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
     return collect(
-        exec_output(handle.client, handle.container, [*argv, *args], {**base_env, **(env or {})})
+        exec_output(
+            handle.client,
+            handle.container,
+            [*argv, *args],
+            {**base_env, **(env or {})},
+            handle.timeout_s,
+        )
     )
 
 
@@ -181,8 +194,9 @@ def _database_source(
         counter = threading.Thread(target=count, name=f"figures {database}", daemon=True)
         counter.start()
         try:
-            argv = ["pg_dump", *connection, "-Fc", f"--snapshot={exported.id}", "-d", database]
-            yield from exec_output(handle.client, handle.container, argv, env)
+            argv = ["pg_dump", *connection, "-Fc", f"--snapshot={exported.id}",
+                    lock_wait_option(handle.timeout_s), "-d", database]  # fmt: skip
+            yield from exec_output(handle.client, handle.container, argv, env, handle.timeout_s)
         finally:
             counter.join()  # before the exporting session ends
             exported.close()
@@ -199,12 +213,11 @@ class PostgresBackup:
     @contextlib.contextmanager
     def snapshot(self, handle: ServiceHandle) -> Iterator[Snapshot]:
         connection, env = _connection(handle.credentials)
+        argv = ["pg_dumpall", *connection, "--globals-only"]
         sources = [
-            exec_source(
+            ArtifactSource(
                 "globals.sql",
-                handle,
-                ["pg_dumpall", *connection, "--globals-only"],
-                env,
+                lambda: exec_output(handle.client, handle.container, argv, env, handle.timeout_s),
                 {"format": "sql"},
             )
         ]
@@ -237,6 +250,7 @@ class PostgresBackup:
                     ["psql", *connection, "-d", "template1", "-X", "-v", "ON_ERROR_STOP=1",
                      "-c", drop],
                     env,
+                    target.timeout_s,
                 )
             )  # fmt: skip
             stdin = ExecInput(

@@ -176,7 +176,7 @@ def figures_with(cli: RedisCli) -> Figures:
 
 
 def _run(handle: ServiceHandle, argv: list[str], env: dict[str, str] | None = None) -> str:
-    return collect(exec_output(handle.client, handle.container, argv, env or {}))
+    return collect(exec_output(handle.client, handle.container, argv, env or {}, handle.timeout_s))
 
 
 def _spool_figures(handle: ServiceHandle) -> Figures:
@@ -211,7 +211,9 @@ class RedisBackup:
                 _run(handle, ["sh", "-c", RDB_COMMAND],
                      {"REDISCLI_AUTH": handle.credentials["backup_password"]})  # fmt: skip
                 figures.update(_spool_figures(handle))
-                yield from exec_output(handle.client, handle.container, ["cat", SPOOL], {})
+                yield from exec_output(
+                    handle.client, handle.container, ["cat", SPOOL], {}, handle.timeout_s
+                )
             finally:
                 with contextlib.suppress(ExecFailed, docker.errors.APIError):
                     _run(handle, ["rm", "-f", SPOOL])

@@ -5,6 +5,7 @@ thread."""
 
 from __future__ import annotations
 
+import math
 import socket
 import tarfile
 import threading
@@ -27,27 +28,58 @@ def _tail(buffer: bytearray, data: bytes) -> None:
     del buffer[:-_KEEP]
 
 
-def _check(client: docker.DockerClient, exec_id: str, argv: list[str], stderr: bytes) -> None:
+def _check(
+    client: docker.DockerClient,
+    exec_id: str,
+    argv: list[str],
+    stderr: bytes,
+    timeout_s: float | None = None,
+) -> None:
     code = client.api.exec_inspect(exec_id).get("ExitCode")
+    if timeout_s is not None and code in TIMED_OUT:
+        raise ExecFailed(f"{argv[0]} did not finish within {bounded_seconds(timeout_s)} s")
     if code != 0:
         detail = stderr.decode(errors="replace").strip()[-2000:]
         raise ExecFailed(f"{argv[0]} exited with {code}: {detail or 'no diagnostics'}")
 
 
+# Docker has no "kill this exec": a bounded command runs under coreutils `timeout` inside the
+# container (every service image has it), which sends TERM at the bound and KILL a little
+# later; it ends the command even if the worker died meanwhile. Its exit codes then:
+TIMED_OUT = (124, 137)
+KILL_AFTER_S = 10
+
+
+def bounded_seconds(timeout_s: float) -> int:
+    return max(1, math.ceil(timeout_s))
+
+
+def bounded(argv: list[str], timeout_s: float | None) -> list[str]:
+    """`argv`, run under `timeout` when a bound is given."""
+    if timeout_s is None:
+        return argv
+    return ["timeout", f"--kill-after={KILL_AFTER_S}", f"{bounded_seconds(timeout_s)}s", *argv]
+
+
 def exec_output(
-    client: docker.DockerClient, container: str, argv: list[str], env: dict[str, str]
+    client: docker.DockerClient,
+    container: str,
+    argv: list[str],
+    env: dict[str, str],
+    timeout_s: float | None = None,
 ) -> Iterator[bytes]:
-    """The command's stdout, chunk by chunk; raises `ExecFailed` at the end if it failed."""
-    exec_id = client.api.exec_create(container, argv, environment=env, stdout=True, stderr=True)[
-        "Id"
-    ]
+    """The command's stdout, chunk by chunk; raises `ExecFailed` at the end if it failed, or
+    if it ran longer than `timeout_s` (then it was killed)."""
+    exec_id = client.api.exec_create(
+        container, bounded(argv, timeout_s), environment=env, stdout=True, stderr=True
+    )["Id"]
     stderr = bytearray()
     for out, err in client.api.exec_start(exec_id, stream=True, demux=True):
         if err:
             _tail(stderr, err)
         if out:
             yield out
-    _check(client, exec_id, argv, bytes(stderr))
+    _check(client, exec_id, argv, bytes(stderr), timeout_s)
 
 
 class ExecInput:
