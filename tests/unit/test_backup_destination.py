@@ -4,7 +4,10 @@ service, and the built-in store's certificate."""
 
 from __future__ import annotations
 
+import http.server
+import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +89,7 @@ def test_a_closed_port_fails_the_write_step_at_once() -> None:
         failure = check_destination(_destination(f"http://127.0.0.1:{port}"))
     assert failure is not None
     assert failure.step == "write"
-    assert "Could not connect" in failure.error
+    assert failure.error == "could not connect"
     assert SECRET not in failure.error
     assert time.monotonic() - started < 10
 
@@ -112,6 +115,81 @@ async def test_a_store_that_never_answers_is_given_up_on_time(silent_port: int) 
 
 def test_errors_never_carry_the_secret() -> None:
     assert dest._describe(ValueError(f"bad {SECRET}"), SECRET) == "bad ***"
+    assert dest._describe(ValueError(f"key={SECRET}."), SECRET) == "key=***."
+
+
+def test_a_short_secret_does_not_mangle_the_message() -> None:
+    """A secret that is a substring of ordinary words is masked only where it stands alone."""
+    text = "Access Denied: a request signed with key a was refused"
+    assert dest._describe(ValueError(text), "a") == (
+        "Access Denied: *** request signed with key *** was refused"
+    )
+    assert dest._describe(ValueError("Could not connect"), "on") == "Could not connect"
+
+
+REMOTE_TEXT = "root:x:0:0 internal-banner-of-the-remote"
+
+
+@pytest.fixture
+def answering(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An HTTP server on loopback answering every request with `request.param`: (status, body).
+    Stands for any server of the gateway's network that the check could be pointed at."""
+    status, body = request.param
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_PUT = do_GET = do_HEAD = do_DELETE = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _s3_error(code: str) -> str:
+    return f"<Error><Code>{code}</Code><Message>{REMOTE_TEXT}</Message></Error>"
+
+
+@pytest.mark.parametrize(
+    ("answering", "expected"),
+    [
+        ((403, _s3_error("AccessDenied")), "access denied (AccessDenied)"),
+        ((403, _s3_error("SignatureDoesNotMatch")), "access denied (SignatureDoesNotMatch)"),
+        ((500, _s3_error("InternalError")), "the store refused the request (InternalError)"),
+        ((400, _s3_error(f"Bad {REMOTE_TEXT}")), "the store refused the request (HTTP 400)"),
+        ((404, f"<html>{REMOTE_TEXT}</html>"), "the store refused the request (HTTP 404)"),
+    ],
+    indirect=["answering"],
+)
+def test_the_remote_servers_text_is_never_answered_back(
+    answering: str, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check names a category and the S3 error code at most: pointed at another server of
+    the network, it must not read that server's answer back to the caller."""
+    with caplog.at_level(logging.WARNING, logger=dest.__name__):
+        failure = check_destination(_destination(answering))
+    assert failure is not None
+    assert (failure.step, failure.error) == ("write", expected)
+    assert REMOTE_TEXT not in failure.error
+    assert "internal-banner" not in repr(failure)
+    # The detail is logged for the operator, without the secret.
+    assert any(answering in r.getMessage() for r in caplog.records)
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
 
 
 class FakeConn:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import re
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from temps_shared.crypto import KeyRing
 from temps_shared.ids import container_name
 from temps_shared.settings import TempsSettings
 from temps_shared.store.types import Executor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,21 @@ CHECK_DEADLINE_S = 15.0
 
 @dataclass(frozen=True)
 class CheckFailure:
-    """The step of the write/read/delete check that failed, and the store's error."""
+    """The step of the write/read/delete check that failed, and why in a generic category
+    (an S3 error *code* at most): the remote server's own text is never answered back, or the
+    check would read any URL reachable from the gateway for the caller. `detail` (redacted of
+    the secret key) is for the server's log only."""
 
     step: str  # one of CHECK_STEPS, or "timeout"
     error: str
+    detail: str = field(default="", repr=False)
+
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,63}$")  # an S3 error code, e.g. AccessDenied
+_PLAIN_MASK_LEN = 8  # a secret this long cannot be part of ordinary text by chance
+_DENIED = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+)
 
 
 def _check_client(destination: Destination, ca_file: str | None) -> Any:
@@ -125,14 +140,60 @@ def _check_client(destination: Destination, ca_file: str | None) -> Any:
 
 
 def _describe(exc: BaseException, secret: str) -> str:
+    """The exception's text for the log, the secret key masked. A short secret is masked only
+    where it stands alone: replacing it everywhere would mangle every word containing it."""
     text = str(exc) or type(exc).__name__
-    return text.replace(secret, "***") if secret else text
+    if len(secret) >= _PLAIN_MASK_LEN:
+        return text.replace(secret, "***")
+    if not secret:
+        return text
+    alone = re.compile(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])")
+    return alone.sub("***", text)
+
+
+def _category(exc: BaseException) -> str:
+    """What went wrong, in words of our own: the S3 error code is the only remote text kept
+    (and only when it looks like one)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code") or "")
+        if not _CODE.match(code):  # none, or not an S3 code: the HTTP status only
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = f"HTTP {status}" if isinstance(status, int) else "unknown"
+        if code in _DENIED:
+            return f"access denied ({code})"
+        if code == "NoSuchBucket":
+            return f"the bucket does not exist ({code})"
+        return f"the store refused the request ({code})"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return "TLS verification failed"
+    if isinstance(
+        exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
+    ):
+        return "timed out"
+    if isinstance(
+        exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)
+    ):
+        return "could not connect"
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return "the store's answer was not understood"
+    if isinstance(exc, ValueError):
+        return "the endpoint or the CA certificate is unusable"
+    return "could not connect"
+
+
+def _failure(step: str, exc: BaseException, destination: Destination) -> CheckFailure:
+    detail = _describe(exc, destination.secret_access_key)
+    log.warning(
+        "backup destination %s (bucket %s) failed the %s step: %s",
+        destination.endpoint, destination.bucket, step, detail,
+    )  # fmt: skip
+    return CheckFailure(step, _category(exc), detail)
 
 
 def check_destination(destination: Destination) -> CheckFailure | None:
     """Blocking (boto3; call from a thread): a probe object can be written (the bucket is
     created when it does not exist), read back equal and deleted. None when every step passed.
-    Writing first: an S3 error body (wrong key, access denied) says more than a HEAD's."""
+    Writing first: an S3 error code (wrong key, access denied) says more than a HEAD's."""
     probe_key = f"{PROBE_PREFIX}{uuid4()}"
     body = f"temps backup destination probe {probe_key}\n".encode()
     with tempfile.TemporaryDirectory(prefix="temps-destination-check-") as scratch:
@@ -161,9 +222,9 @@ def check_destination(destination: Destination) -> CheckFailure | None:
             step = "delete"
             s3.delete_object(Bucket=destination.bucket, Key=probe_key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            return CheckFailure(step, _describe(exc, destination.secret_access_key))
+            return _failure(step, exc, destination)
         except (OSError, ValueError) as exc:  # a bad CA file, an unusable endpoint URL
-            return CheckFailure(step, _describe(exc, destination.secret_access_key))
+            return _failure(step, exc, destination)
     return None
 
 

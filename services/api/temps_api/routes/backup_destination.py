@@ -24,14 +24,16 @@ from temps_shared.store.backup_destinations import (
 )
 
 from temps_api.audit import record_audit
-from temps_api.auth import BACKUPS_READ, BACKUPS_WRITE, Principal
+from temps_api.auth import ADMIN, BACKUPS_READ, Principal
 from temps_api.deps import State, require
 from temps_api.errors import ApiError, error_responses
 from temps_api.settings import ApiSettings
 
 router = APIRouter(prefix="/api/backup-destination", tags=["backups"])
 Reader = Annotated[Principal, Depends(require(BACKUPS_READ))]
-Writer = Annotated[Principal, Depends(require(BACKUPS_WRITE))]
+# Changing it is an administrator's: the check dials any endpoint from the gateway's network,
+# and every later backup (the data, the credentials in its manifest) goes there.
+Admin = Annotated[Principal, Depends(require(ADMIN))]
 # S3 bucket names (path-style addressing also takes dots; no uppercase, no underscores).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_CA_PEM = 64 * 1024
@@ -121,11 +123,12 @@ async def get_backup_destination(state: State, _: Reader) -> dict[str, Any]:
 
 @router.put("", responses=error_responses(422))
 async def put_backup_destination(
-    body: DestinationRequest, request: Request, state: State, principal: Writer
+    body: DestinationRequest, request: Request, state: State, principal: Admin
 ) -> dict[str, Any]:
     """Point new backups at this bucket, once a probe object was written, read back and
-    deleted there (422 naming the step that failed; nothing is stored then). Answers within
-    about 15 s even when the endpoint does not."""
+    deleted there (422 naming the step that failed and a generic reason, never the remote
+    server's text; nothing is stored then). Needs `admin`. Answers within about 15 s even when
+    the endpoint does not."""
     destination = body.destination()
     async with state.pool.acquire() as conn:
         served = await services_serving(conn, destination.endpoint)
@@ -161,10 +164,10 @@ async def put_backup_destination(
 
 @router.delete("")
 async def delete_backup_destination(
-    request: Request, state: State, principal: Writer
+    request: Request, state: State, principal: Admin
 ) -> dict[str, Any]:
     """New backups go to the built-in store again (backups already taken stay readable where
-    they are)."""
+    they are). Needs `admin`."""
     async with state.pool.acquire() as conn, conn.transaction():
         previous = await deactivate_destinations(conn)
         if previous is not None:
