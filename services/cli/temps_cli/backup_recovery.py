@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from uuid import UUID
 
-from temps_shared.backups.catalog import StoredBackup, find_stored, list_stored
+from botocore.exceptions import BotoCoreError
+from temps_shared.backups.catalog import StoredBackup, Unreadable, find_stored, list_stored
 from temps_shared.backups.destination import Destination
 from temps_shared.backups.restore_plan import (
     PlanError,
@@ -33,6 +35,8 @@ class Bucket:
     access_key_id: str
     secret_access_key: str
     region: str = "us-east-1"
+    path_style: bool = True
+    ca_pem: str | None = None  # trust this CA (PEM) for an https endpoint
 
     def destination(self) -> Destination:
         return Destination(
@@ -41,11 +45,15 @@ class Bucket:
             access_key_id=self.access_key_id,
             secret_access_key=self.secret_access_key,
             region=self.region,
-            path_style=True,
+            path_style=self.path_style,
+            ca_pem=self.ca_pem,
         )
 
     def store(self) -> BackupStore:
-        return BackupStore(self.destination())
+        try:
+            return BackupStore(self.destination())
+        except ValueError as exc:  # botocore refuses the endpoint URL itself
+            raise CliError(f"--endpoint {self.endpoint}: {exc}", ExitCode.INPUT) from exc
 
 
 def master_key(text: str) -> KeyRing:
@@ -62,10 +70,23 @@ def master_key(text: str) -> KeyRing:
     return KeyRing(key)
 
 
-def stored_backups(bucket: Bucket) -> list[StoredBackup]:
+def read_ca_file(path: Path | None) -> str | None:
+    """The PEM of `--ca-file` (a CA to trust for the endpoint's certificate)."""
+    if path is None:
+        return None
     try:
-        return list_stored(bucket.store())
-    except StoreError as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--ca-file: cannot read {path}: {exc}", ExitCode.INPUT) from exc
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise CliError(f"--ca-file: {path} holds no PEM certificate", ExitCode.INPUT)
+    return text
+
+
+def stored_backups(bucket: Bucket, unreadable: Unreadable | None = None) -> list[StoredBackup]:
+    try:
+        return list_stored(bucket.store(), unreadable)
+    except (StoreError, BotoCoreError) as exc:  # refused, or no answer (endpoint, DNS, TLS)
         raise CliError(str(exc), ExitCode.PLATFORM) from exc
 
 
@@ -74,7 +95,7 @@ def stored_backup(bucket: Bucket, backup_id: UUID, keyring: KeyRing) -> StoredBa
     written)."""
     try:
         stored = find_stored(bucket.store(), backup_id)
-    except StoreError as exc:
+    except (StoreError, BotoCoreError) as exc:
         raise CliError(str(exc), ExitCode.PLATFORM) from exc
     except LookupError as exc:
         raise CliError(str(exc), ExitCode.NOT_FOUND) from exc

@@ -53,6 +53,25 @@ SecretAccessKey = Annotated[
         help="S3 secret key (or TEMPS_BACKUP_SECRET_ACCESS_KEY, kept out of the process list).",
     ),
 ]
+# Optional, beside the spec's flags: how to talk to a store other than plain AWS S3.
+Region = Annotated[str, typer.Option("--region", help="The bucket's S3 region.")]
+PathStyle = Annotated[
+    bool,
+    typer.Option(
+        "--path-style/--virtual-hosted-style",
+        help="Address the bucket in the URL path (MinIO, SeaweedFS, the built-in store) or as "
+        "a host name (AWS).",
+    ),
+]
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        help="A CA certificate (PEM) to trust for an https endpoint, e.g. the installation's "
+        "<data_dir>/ca.pem for the built-in store.",
+        show_default=False,
+    ),
+]
 POLL_S = 0.5
 LIST_COLUMNS = ("id", "engine", "version", "service", "finished_at", "size_bytes")
 
@@ -227,17 +246,47 @@ def restore(
         typer.echo(restore_id)
 
 
+def _bucket(
+    name: str,
+    endpoint: str,
+    access_key_id: str,
+    secret_access_key: str,
+    region: str,
+    path_style: bool,
+    ca_file: Path | None,
+) -> backup_recovery.Bucket:
+    return backup_recovery.Bucket(
+        name,
+        endpoint,
+        access_key_id,
+        secret_access_key,
+        region=region,
+        path_style=path_style,
+        ca_pem=backup_recovery.read_ca_file(ca_file),
+    )
+
+
 @app.command("list")
 def list_backups(
     bucket_name: BucketName,
     endpoint: Endpoint,
     access_key_id: AccessKeyId,
     secret_access_key: SecretAccessKey,
+    region: Region = "us-east-1",
+    path_style: PathStyle = True,
+    ca_file: CaFile = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The backups in the bucket, read from their manifests (no API needed)."""
-    bucket = backup_recovery.Bucket(bucket_name, endpoint, access_key_id, secret_access_key)
-    summaries = [b.summary() for b in backup_recovery.stored_backups(bucket)]
+    """The backups in the bucket, read from their manifests (no API needed); a manifest that
+    cannot be read is named on stderr and left out."""
+    bucket = _bucket(
+        bucket_name, endpoint, access_key_id, secret_access_key, region, path_style, ca_file
+    )
+
+    def unreadable(key: str, exc: Exception) -> None:
+        note(f"warning: skipped {key}: {exc}")
+
+    summaries = [b.summary() for b in backup_recovery.stored_backups(bucket, unreadable)]
     if as_json:
         print_json(summaries)
     else:
@@ -271,12 +320,17 @@ def restore_service(
         ),
     ],
     timeout_s: Timeout = 900.0,
+    region: Region = "us-east-1",
+    path_style: PathStyle = True,
+    ca_file: CaFile = None,
 ) -> None:
     """Bring a service back from the bucket and the master key alone: registers it (engine,
     version, settings, credentials) in the control-plane database with the backup, and queues
     its provisioning and the restore; follows them when the API answers."""
     keyring = backup_recovery.master_key(encryption_key)
-    bucket = backup_recovery.Bucket(bucket_name, endpoint, access_key_id, secret_access_key)
+    bucket = _bucket(
+        bucket_name, endpoint, access_key_id, secret_access_key, region, path_style, ca_file
+    )
     stored = backup_recovery.stored_backup(bucket, backup_id, keyring)
     queued = backup_recovery.register(database_url, keyring, stored, bucket, service_name)
     note(

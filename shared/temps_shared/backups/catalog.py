@@ -4,9 +4,12 @@ Blocking (boto3): call from a worker thread."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
+
+from botocore.exceptions import BotoCoreError
 
 from temps_shared.backups import layout
 from temps_shared.backups.store import BackupStore, StoreError
@@ -49,16 +52,37 @@ class StoredBackup:
 
 
 def manifest_keys(store: BackupStore) -> list[str]:
-    return [k for k in store.keys(ROOT) if k.endswith("/" + layout.MANIFEST)]
+    try:
+        keys = store.keys(ROOT)
+    except BotoCoreError as exc:  # no answer at all: endpoint, DNS, TLS
+        raise StoreError(f"cannot reach {store.destination.endpoint}: {exc}") from exc
+    return [k for k in keys if k.endswith("/" + layout.MANIFEST)]
 
 
 def _read(store: BackupStore, key: str) -> StoredBackup:
-    return StoredBackup(key.removesuffix(layout.MANIFEST), store.get_json(key))
+    try:
+        stored = StoredBackup(key.removesuffix(layout.MANIFEST), store.get_json(key))
+    except BotoCoreError as exc:
+        raise StoreError(f"cannot read {key}: {exc}") from exc
+    stored.summary()  # raises if a field a listing shows is missing or malformed
+    return stored
 
 
-def list_stored(store: BackupStore) -> list[StoredBackup]:
-    """Every complete backup in the bucket, newest first."""
-    found = [_read(store, key) for key in manifest_keys(store)]
+# Told of a manifest that cannot be read (its key, why); the listing goes on without it.
+Unreadable = Callable[[str, Exception], None]
+
+
+def list_stored(store: BackupStore, unreadable: Unreadable | None = None) -> list[StoredBackup]:
+    """Every complete backup in the bucket, newest first. A manifest that cannot be read or
+    makes no sense is skipped (and passed to `unreadable`): one damaged backup must not hide
+    the others."""
+    found = []
+    for key in manifest_keys(store):
+        try:
+            found.append(_read(store, key))
+        except (StoreError, ValueError, KeyError, TypeError) as exc:
+            if unreadable is not None:
+                unreadable(key, exc)
     return sorted(found, key=lambda b: str(b.manifest.get("finished_at", "")), reverse=True)
 
 
@@ -70,7 +94,7 @@ def find_stored(store: BackupStore, backup_id: UUID) -> StoredBackup:
         raise LookupError(f"bucket {store.bucket} holds no complete backup {backup_id}")
     try:
         stored = _read(store, keys[0])
-    except (StoreError, ValueError) as exc:
+    except (StoreError, ValueError, KeyError, TypeError) as exc:
         raise LookupError(f"the manifest of backup {backup_id} is unreadable: {exc}") from exc
     if stored.backup_id != backup_id:
         raise LookupError(f"{keys[0]} names backup {stored.backup_id}, not {backup_id}")
