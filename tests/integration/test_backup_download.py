@@ -6,6 +6,8 @@ never a silently short file. Real NATS, PostgreSQL, Docker, SeaweedFS."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import asyncpg
 import docker
 import httpx
 import pytest
+from temps_shared.backups.codec import encode
 from temps_shared.ids import container_name
 
 from tests.integration.backup_platform import (
@@ -180,3 +183,65 @@ async def test_a_damaged_artifact_ends_the_download_with_an_error(
             await _download(api, url, tmp_path / "damaged.sql", artifact="globals.sql")
     finally:
         s3.put_object(Bucket=BUCKET, Key=key, Body=original)
+
+
+async def test_a_forged_artifact_with_its_sha256_in_the_manifest_is_not_downloaded(
+    api: httpx.AsyncClient, store: SeaweedStore, tmp_path: Path
+) -> None:
+    """Anyone who can write the bucket can encrypt a `globals.sql` of their own to the
+    installation's recipient (the manifest names it) and put its SHA-256 in the manifest: the
+    manifest's seal, made with the master key, no longer holds, and nothing is streamed."""
+    name = f"{P}dl"
+    (service_id,) = [
+        s["id"] for s in (await api.get("/api/external-services")).json() if s["name"] == name
+    ]
+    backup = (await api.get(f"/api/external-services/{service_id}/backups")).json()["backups"][0]
+    url = f"/api/external-services/{service_id}/backups/{backup['id']}/download"
+    s3 = store.client()
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"external_services/postgres/{name}/")
+    keys = [o["Key"] for o in listed["Contents"] if f"/{backup['id']}/" in o["Key"]]
+    manifest_key = next(k for k in keys if k.endswith("/manifest.json"))
+    globals_key = next(k for k in keys if k.endswith("/globals.sql.zst.age"))
+    manifest = s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read()
+    original = s3.get_object(Bucket=BUCKET, Key=globals_key)["Body"].read()
+    forged = json.loads(manifest)
+    sink = io.BytesIO()
+    encoded = encode(
+        iter([b"ALTER ROLE attacker SUPERUSER;\n"]), forged["encryption"]["recipient"], sink
+    )
+    (entry,) = [a for a in forged["artifacts"] if a["name"] == "globals.sql.zst.age"]
+    entry["sha256"], entry["size"] = encoded.sha256, encoded.size
+    s3.put_object(Bucket=BUCKET, Key=globals_key, Body=sink.getvalue())
+    s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(forged).encode())
+    try:
+        refused = await _download(api, url, tmp_path / "forged.sql", artifact="globals.sql")
+        assert refused.status_code == 409, refused.text
+        problem = refused.json()["error"]
+        assert problem["code"] == "backup_not_sealed", problem
+        assert "not sealed by this installation's key" in problem["message"], problem
+        assert not (tmp_path / "forged.sql").exists()
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=globals_key, Body=original)
+        s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=manifest)
+    restored = await _download(api, url, tmp_path / "globals.sql", artifact="globals.sql")
+    assert restored.status_code == 200, restored.text
+
+
+async def test_restoring_as_a_new_service_also_needs_the_right_to_create_one(
+    platform: Platform, api: httpx.AsyncClient
+) -> None:
+    name = f"{P}dl"
+    (service_id,) = [
+        s["id"] for s in (await api.get("/api/external-services")).json() if s["name"] == name
+    ]
+    backup = (await api.get(f"/api/external-services/{service_id}/backups")).json()["backups"][0]
+    url = f"/api/external-services/{service_id}/backups/{backup['id']}/restore"
+    token = await _token(api, f"{P}dl-backups-writer", ["backups:read", "backups:write"])
+    async with platform.client(token) as writer:
+        refused = await writer.post(url, json={"as_new_service": f"{P}dl-copy"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["details"]["required"] == "external_services:write"
+    names = [s["name"] for s in (await api.get("/api/external-services")).json()]
+    assert f"{P}dl-copy" not in names
+    after = (await api.get(f"/api/external-services/{service_id}/backups/{backup['id']}")).json()
+    assert after["restore"] == backup.get("restore"), after

@@ -5,9 +5,10 @@ serial):
 - every artifact (globals and each database) opens with Debian's `age` and the identity derived
   from the master key alone, then `zstd -d`, and `pg_restore -l` of the service's own version
   reads each dump;
-- a truncated dump, and a dump encrypted for another installation (its SHA-256 fixed in the
-  manifest, so only the key check can catch it), are refused with a reason naming the artifact,
-  and no database changes — not even those whose artifacts were sound;
+- a truncated dump is refused with a reason naming the artifact, and a forged dump (encrypted to
+  the installation's public recipient or another, its SHA-256 fixed in the manifest) is refused
+  because the manifest is no longer sealed by the master key; no database changes — not even
+  those whose artifacts were sound;
 - a round trip keeps every table's rows and checksum, every sequence's position (standalone,
   serial, identity), two databases (one with a name that needs quoting), and the ownership and
   grants of a role the user created.
@@ -419,12 +420,13 @@ async def test_a_truncated_dump_is_refused_by_name_and_nothing_changes(
     assert _stored(store, seeded.backup["id"]).manifest == stored.manifest
 
 
-async def test_a_dump_for_another_installation_is_refused_and_nothing_changes(
+async def test_a_forged_dump_with_its_sha256_in_the_manifest_is_refused_and_nothing_changes(
     api: httpx.AsyncClient, seeded: Seeded, store: SeaweedStore, data_dir: Path
 ) -> None:
-    """Another installation's master key → another age recipient. The artifact is re-encrypted
-    to a recipient of a fresh identity and its size and SHA-256 put in the manifest, so every
-    check but the key one passes."""
+    """Whoever can write the bucket can replace a dump by one of their own, encrypted to the
+    installation's age recipient (public: the manifest names it) or to any other, and put its
+    size and SHA-256 in the manifest. The manifest's seal (made with the master key) is what
+    refuses it; a manifest without a seal (as written before seals) is refused by name."""
     expected = await _figures(seeded.creds)
     stored = _stored(store, seeded.backup["id"])
     (target,) = [
@@ -437,22 +439,32 @@ async def test_a_dump_for_another_installation_is_refused_and_nothing_changes(
             io.BytesIO(original), sink, [pyrage.x25519.Identity.from_str(_identity(data_dir))]
         )
     compressed = zstandard.ZstdCompressor(level=3).compress(plain.getvalue())
-    elsewhere = pyrage.encrypt(compressed, [pyrage.x25519.Identity.generate().to_public()])
-    forged = json.loads(json.dumps(stored.manifest))
-    (entry,) = [a for a in forged["artifacts"] if a["name"] == target["name"]]
-    entry["sha256"] = hashlib.sha256(elsewhere).hexdigest()
-    entry["size"] = len(elsewhere)
-    forged["size_bytes"] = sum(a["size"] for a in forged["artifacts"])
+    own = pyrage.x25519.Recipient.from_str(stored.manifest["encryption"]["recipient"])
+    cases = [
+        ("the installation's recipient", own, True, "not sealed by this installation's key"),
+        ("another recipient", pyrage.x25519.Identity.generate().to_public(), True,
+         "not sealed by this installation's key"),
+        ("seal removed", own, False, "has no seal"),
+    ]  # fmt: skip
     try:
-        _put(store, stored.key(target), elsewhere)
-        _put(store, stored.manifest_key, json.dumps(forged).encode())
-        restore = await _restore(api, seeded.service_id, seeded.backup["id"])
-        assert restore["state"] == "failed", restore
-        reason = restore["reason"]
-        assert target["name"] in reason, reason
-        assert "key" in reason, reason
-        assert "nothing was restored" in reason, reason
-        await _unchanged(seeded, expected)
+        for what, recipient, keep_seal, refusal in cases:
+            forged_dump = pyrage.encrypt(compressed, [recipient])
+            forged = json.loads(json.dumps(stored.manifest))
+            (entry,) = [a for a in forged["artifacts"] if a["name"] == target["name"]]
+            entry["sha256"] = hashlib.sha256(forged_dump).hexdigest()
+            entry["size"] = len(forged_dump)
+            forged["size_bytes"] = sum(a["size"] for a in forged["artifacts"])
+            if not keep_seal:
+                forged.pop("seal")
+            _put(store, stored.key(target), forged_dump)
+            _put(store, stored.manifest_key, json.dumps(forged).encode())
+            restore = await _restore(api, seeded.service_id, seeded.backup["id"])
+            assert restore["state"] == "failed", (what, restore)
+            reason = restore["reason"]
+            assert refusal in reason, (what, reason)
+            assert seeded.backup["id"] in reason, (what, reason)
+            assert "nothing was restored" in reason, (what, reason)
+            await _unchanged(seeded, expected)
     finally:
         _put(store, stored.key(target), original)
         _put(store, stored.manifest_key, json.dumps(stored.manifest).encode())

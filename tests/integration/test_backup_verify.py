@@ -21,14 +21,13 @@ import asyncpg
 import boto3
 import docker
 import httpx
-import pyrage
 import pytest
 import redis.asyncio as aioredis
 from temps_backup.scratch_service import LABEL_SCRATCH
+from temps_shared.backups import layout
 from temps_shared.backups.codec import encode
-from temps_shared.backups.identity import backup_identity
 from temps_shared.bus.publish import publish_command, publish_event
-from temps_shared.crypto import load_or_create_master_key
+from temps_shared.crypto import KeyRing, load_or_create_master_key
 from temps_shared.ids import container_name
 from temps_shared.messages import MONITOR_SOURCE, Role, ServiceStatusChanged, VerifyBackup
 from temps_shared.runtime.container_io import exec_output
@@ -53,6 +52,12 @@ async def store(
         platform.env, tmp_path_factory.mktemp("verify-store"), backup_bucket=BUCKET
     ) as (running, _):
         yield running
+
+
+@pytest.fixture(scope="module")
+def keyring(platform: Platform) -> KeyRing:
+    """The installation's master key (it opens the manifests' figures and seals)."""
+    return KeyRing(load_or_create_master_key(Path(platform.env["TEMPS_DATA_DIR"])))
 
 
 async def _create(api: httpx.AsyncClient, name: str, service_type: str) -> str:
@@ -110,6 +115,15 @@ def _manifest(store: SeaweedStore, backup_id: str) -> dict[str, Any]:
     body = store.client().get_object(Bucket=BUCKET, Key=_manifest_key(store, backup_id))["Body"]
     document: dict[str, Any] = json.loads(body.read())
     return document
+
+
+def _figures(store: SeaweedStore, backup_id: str, keyring: KeyRing) -> dict[str, Any]:
+    """The manifest's figures: encrypted in the bucket (table names, row counts and hashed
+    key names are not for whoever reads it)."""
+    document = _manifest(store, backup_id)
+    assert "figures" not in document
+    layout.check_seal(document, keyring, UUID(backup_id))
+    return layout.open_figures(document, keyring)
 
 
 async def _while_writing(
@@ -179,7 +193,10 @@ async def _pg_data(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
 
 
 async def test_postgres_backup_is_verified_by_a_test_restore(
-    api: httpx.AsyncClient, store: SeaweedStore, docker_client: docker.DockerClient
+    api: httpx.AsyncClient,
+    store: SeaweedStore,
+    docker_client: docker.DockerClient,
+    keyring: KeyRing,
 ) -> None:
     service_id = await _create(api, f"{P}-vpg", "postgres")
     creds = await _pg_data(api, service_id)
@@ -202,7 +219,7 @@ async def test_postgres_backup_is_verified_by_a_test_restore(
     assert entry["verified"] is False  # read before the outcome
     assert (await _entry(api, service_id, entry["id"]))["verified"] is True
     # The figures: both databases, every table (row counts), the sequence's last value.
-    figures = _manifest(store, entry["id"])["figures"]
+    figures = _figures(store, entry["id"], keyring)
     app = figures["databases"][creds["database"]]
     assert app["tables"]["public.orders"]["rows"] == 500
     assert app["tables"]["public.empty_one"] == {"rows": 0, "checksum": "0"}
@@ -224,7 +241,10 @@ async def test_postgres_backup_is_verified_by_a_test_restore(
 
 
 async def test_redis_backup_is_verified_by_a_test_restore(
-    api: httpx.AsyncClient, store: SeaweedStore, docker_client: docker.DockerClient
+    api: httpx.AsyncClient,
+    store: SeaweedStore,
+    docker_client: docker.DockerClient,
+    keyring: KeyRing,
 ) -> None:
     service_id = await _create(api, f"{P}-vrd", "redis")
     creds = await credentials(api, service_id)
@@ -246,7 +266,7 @@ async def test_redis_backup_is_verified_by_a_test_restore(
         await client.aclose()
     verification = await _verification(api, service_id, entry["id"])
     assert verification["state"] == "verified", verification["reason"]
-    figures = _manifest(store, entry["id"])["figures"]
+    figures = _figures(store, entry["id"], keyring)
     assert 154 < figures["databases"]["0"]["keys"] < 154 + next(counter)
     assert len(figures["databases"]["0"]["sample"]) == 64
     assert figures["_volatile"] == {"0": 1}
@@ -264,6 +284,7 @@ async def test_s3_backup_is_verified_through_the_same_protocol(
     store: SeaweedStore,
     docker_client: docker.DockerClient,
     tmp_path_factory: pytest.TempPathFactory,
+    keyring: KeyRing,
 ) -> None:
     """The orchestration knows no engine: S3's backup (its own figures, dialled over TLS at the
     scratch's address) verifies the same way."""
@@ -289,7 +310,7 @@ async def test_s3_backup_is_verified_through_the_same_protocol(
     entry = await _backup(api, service_id)
     verification = await _verification(api, service_id, entry["id"])
     assert verification["state"] == "verified", verification["reason"]
-    assert _manifest(store, entry["id"])["figures"], "S3 figures are in the manifest"
+    assert _figures(store, entry["id"], keyring), "S3 figures are in the manifest"
     await eventually(
         lambda: asyncio.to_thread(_no_scratch_left, docker_client, entry["id"]),
         30,
@@ -307,19 +328,22 @@ def _dump_other_data(
 
 
 def _tamper(
-    store: SeaweedStore, backup_id: str, database: str, dump: bytes, recipient: str
+    store: SeaweedStore, backup_id: str, database: str, dump: bytes, keyring: KeyRing
 ) -> None:
     """Replace the database's artifact by `dump`, validly encrypted, and fix the manifest's
-    size and SHA-256: only the figures can tell."""
+    size and SHA-256, sealed again with the master key (so only a holder of the key could do
+    it: without, the restore refuses the manifest): only the figures can tell."""
     s3 = store.client()
     manifest_key = _manifest_key(store, backup_id)
     document = json.loads(s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
     (artifact,) = [a for a in document["artifacts"] if a.get("database") == database]
     sink = io.BytesIO()
+    recipient = document["encryption"]["recipient"]  # public: in the manifest for anyone
     encoded = encode(iter([dump]), recipient, sink)
     folder = manifest_key.rsplit("/", 1)[0] + "/"
     s3.put_object(Bucket=BUCKET, Key=folder + artifact["name"], Body=sink.getvalue())
     artifact["sha256"], artifact["size"] = encoded.sha256, encoded.size
+    document = layout.seal(document, keyring)
     s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(document).encode())
 
 
@@ -348,8 +372,8 @@ async def test_a_tampered_backup_fails_verification_and_degrades_the_service(
             await conn.close()
         dump = await asyncio.to_thread(_dump_other_data, docker_client, name, creds)
         master_key = load_or_create_master_key(Path(platform.env["TEMPS_DATA_DIR"]))
-        recipient = str(pyrage.x25519.Identity.from_str(backup_identity(master_key)).to_public())
-        await asyncio.to_thread(_tamper, store, entry["id"], creds["database"], dump, recipient)
+        keyring = KeyRing(master_key)
+        await asyncio.to_thread(_tamper, store, entry["id"], creds["database"], dump, keyring)
         await asyncio.sleep(3)
         assert (await _entry(api, service_id, entry["id"]))["verification"] is None
 

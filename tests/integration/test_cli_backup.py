@@ -82,6 +82,17 @@ def _bucket_flags(store: SeaweedStore) -> tuple[list[str], dict[str, str]]:
     return flags, {"TEMPS_BACKUP_SECRET_ACCESS_KEY": store.secret_key}
 
 
+def _manifest(store: SeaweedStore, backup_id: str) -> tuple[str, bytes]:
+    """The key and the stored bytes of the backup's manifest."""
+    listed = store.client().list_objects_v2(Bucket=BUCKET, Prefix="external_services/")
+    (key,) = [
+        o["Key"] for o in listed.get("Contents", [])
+        if o["Key"].endswith(f"/{backup_id}/manifest.json")
+    ]  # fmt: skip
+    body: bytes = store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return str(key), body
+
+
 @pytest.fixture(scope="module")
 async def original(platform: Platform, api: httpx.AsyncClient) -> dict[str, Any]:
     """A PostgreSQL service with data, backed up with `temps backup create`."""
@@ -190,6 +201,29 @@ async def test_restore_service_onto_a_fresh_installation(
             conn = await asyncpg.connect(database_url)
             try:
                 assert await conn.fetchval("SELECT count(*) FROM services") == 0
+            finally:
+                await conn.close()
+
+            # The right key, but a manifest someone rewrote (an artifact's SHA-256): its seal
+            # no longer holds; refused before anything is written.
+            manifest_key, manifest = _manifest(store, original["backup_id"])
+            forged = json.loads(manifest)
+            forged["artifacts"][0]["sha256"] = "0" * 64
+            store.client().put_object(
+                Bucket=BUCKET, Key=manifest_key, Body=json.dumps(forged).encode()
+            )
+            try:
+                code, _, err = await temps(
+                    "backup", "restore-service", *args, env={**base, "TEMPS_ENCRYPTION_KEY": key}
+                )
+            finally:
+                store.client().put_object(Bucket=BUCKET, Key=manifest_key, Body=manifest)
+            assert code == 2, err
+            assert "not sealed by this installation's key" in err
+            conn = await asyncpg.connect(database_url)
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM services") == 0
+                assert await conn.fetchval("SELECT count(*) FROM backup_destinations") == 0
             finally:
                 await conn.close()
 
