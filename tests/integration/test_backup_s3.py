@@ -26,11 +26,12 @@ import pyrage
 import pytest
 import zstandard
 from boto3.s3.transfer import TransferConfig
+from temps_shared.backups import layout
 from temps_shared.backups.codec import encode
 from temps_shared.backups.identity import backup_identity
 from temps_shared.backups.protocol import ServiceHandle
 from temps_shared.backups.s3 import S3Backup
-from temps_shared.crypto import load_or_create_master_key
+from temps_shared.crypto import KeyRing, load_or_create_master_key
 
 from tests.integration.backup_store import SeaweedStore, store_with_worker
 from tests.integration.conftest import Platform
@@ -396,7 +397,7 @@ async def test_round_trip_every_object_version_metadata_and_setting(
 
 
 async def test_a_malformed_archive_is_refused_and_changes_nothing(
-    api: httpx.AsyncClient, store: SeaweedStore, service: Service, tmp_path: Path
+    api: httpx.AsyncClient, store: SeaweedStore, service: Service, tmp_path: Path, data_dir: Path
 ) -> None:
     s3 = service.s3
     await asyncio.to_thread(s3.put_object, Bucket=SERVICE, Key="kept.txt", Body=b"kept")
@@ -404,8 +405,9 @@ async def test_a_malformed_archive_is_refused_and_changes_nothing(
     await asyncio.to_thread(s3.put_object, Bucket=SERVICE, Key="later.txt", Body=b"later")
     before = await asyncio.to_thread(_state, s3)
 
-    # The index re-encrypted with the installation's key and the manifest's SHA-256 updated,
-    # so only the S3 engine can notice: a tar member name that escapes its bucket.
+    # The index re-encrypted with the installation's key and the manifest's SHA-256 updated and
+    # sealed again with the master key, so only the S3 engine can notice: a tar member name
+    # that escapes its bucket.
     keys = _artifact_keys(store, backup)
     index = json.loads(
         await asyncio.to_thread(
@@ -425,6 +427,7 @@ async def test_a_malformed_archive_is_refused_and_changes_nothing(
     for artifact in manifest["artifacts"]:
         if artifact["name"] == "buckets.json.zst.age":
             artifact["sha256"], artifact["size"] = encoded.sha256, encoded.size
+    manifest = layout.seal(manifest, KeyRing(load_or_create_master_key(data_dir)))
     client.put_object(
         Bucket=STORE_BUCKET, Key=keys["manifest.json"], Body=json.dumps(manifest).encode()
     )
