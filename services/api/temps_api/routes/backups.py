@@ -176,6 +176,36 @@ async def _new_service_for(
         raise ApiError(422, exc.code, exc.message, [{"field": "as_new_service"}]) from exc
 
 
+async def _refuse_conflicting_restore(
+    conn: Connection, service: ServiceRecord, backup_id: UUID, *, in_place: bool
+) -> None:
+    """409 for what would only fail in the worker after its retries: an in-place restore of a
+    service that is stopped or being deleted, or while one of its restores is still under way
+    (and a second restore of a backup still being restored, either way). The service row is
+    locked, so two requests at once are decided one after the other."""
+    await conn.execute("SELECT 1 FROM services WHERE id = $1 FOR UPDATE", service.id)
+    if in_place and service.desired_state != "running":
+        raise ApiError(
+            409,
+            "not_running",
+            f"service {service.name} is {service.desired_state}; start it, or restore the "
+            "backup as a new service",
+        )
+    busy: UUID | None = await conn.fetchval(
+        "SELECT backup_id FROM backups WHERE restore_state = 'requested'"
+        " AND (backup_id = $2 OR ($3 AND service_id = $1)) LIMIT 1",
+        service.id,
+        backup_id,
+        in_place,
+    )
+    if busy is not None:
+        raise ApiError(
+            409,
+            "restore_in_progress",
+            f"a restore of backup {busy} is still under way; wait until it ended",
+        )
+
+
 @router.post(
     "/{service_id}/backups/{backup_id}/restore",
     status_code=202,
@@ -205,6 +235,7 @@ async def restore_backup(
     async with state.pool.acquire() as conn, conn.transaction():
         source = await _service(conn, service_id)
         await _completed_backup(conn, service_id, backup_id)
+        await _refuse_conflicting_restore(conn, source, backup_id, in_place=as_new is None)
         details: dict[str, Any] = {"backup_id": str(backup_id)}
         if as_new is None:
             restore_id = uuid4()
