@@ -17,6 +17,12 @@ MIN_CPUS = 0.01  # Docker refuses less ("Range of CPUs is from 0.01 to <host cor
 # cores and memory (asked of its agent) bound them further when caps are set.
 MAX_MEMORY_MB = 2**40
 MAX_CPUS = 4096.0
+# A memory cap lifted live. Docker 20.10 cannot unset Memory on an existing container (`docker
+# update` treats 0 as "unchanged"), so lifting one sets memory and memory+swap to this value
+# instead: far above any host (the kernel never reaches it, Docker's stats then report the
+# host's memory as the limit) and above any cap the API accepts (MAX_MEMORY_MB MiB = 2**60
+# bytes), so it reads back as "no cap". The member keeps running; a later cap goes live again.
+LIFTED_MEMORY = 2**62
 
 
 class ResourceLimits(BaseModel):
@@ -86,7 +92,8 @@ class ResourceLimits(BaseModel):
 
 
 class DockerLimits(BaseModel):
-    """Docker's view: 0 means no cap (as in HostConfig)."""
+    """Docker's view: 0 means no cap (as in HostConfig); a memory of `LIFTED_MEMORY` or more is
+    a cap lifted live, which counts as no cap too (equality included)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -94,9 +101,32 @@ class DockerLimits(BaseModel):
     memory_swap: int = 0
     nano_cpus: int = 0
 
+    @property
+    def memory_lifted(self) -> bool:
+        return self.memory >= LIFTED_MEMORY
+
+    def effective(self) -> tuple[int, int, int]:
+        """(memory, memory_swap, nano_cpus) with a lifted memory cap as no cap (0, 0)."""
+        if self.memory_lifted:
+            return 0, 0, self.nano_cpus
+        return self.memory, self.memory_swap, self.nano_cpus
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DockerLimits):
+            return NotImplemented
+        return self.effective() == other.effective()
+
+    def __hash__(self) -> int:
+        return hash(self.effective())
+
+    def docker_view(self) -> dict[str, int]:
+        """What Docker really holds (HostConfig), for a reader who wants the true numbers."""
+        return {"memory": self.memory, "memory_swap": self.memory_swap, "nano_cpus": self.nano_cpus}
+
     def to_api(self) -> ResourceLimits:
-        memory_mb = self.memory // MIB if self.memory else None
-        swap = (self.memory_swap - self.memory) // MIB if self.memory and self.memory_swap else 0
+        memory, memory_swap, _ = self.effective()
+        memory_mb = memory // MIB if memory else None
+        swap = (memory_swap - memory) // MIB if memory and memory_swap else 0
         return ResourceLimits(
             memory_mb=memory_mb,
             swap_mb=swap if memory_mb is not None else None,
@@ -104,10 +134,10 @@ class DockerLimits(BaseModel):
         )
 
     def lifts(self, wanted: DockerLimits) -> bool:
-        """Whether going to `wanted` removes a cap Docker 20.10 cannot remove live."""
-        return bool(
-            (self.memory and not wanted.memory) or (self.nano_cpus and not wanted.nano_cpus)
-        )
+        """Whether going to `wanted` removes a cap that cannot be removed live. A memory cap
+        can (raised to `LIFTED_MEMORY`, see `container_limits.update`); a CPU cap cannot: Docker
+        20.10 treats NanoCpus 0 as "unchanged" and refuses more than the host's cores."""
+        return bool(self.nano_cpus and not wanted.nano_cpus)
 
     def drift(self, configured: DockerLimits) -> dict[str, dict[str, Any]] | None:
         """{field: {configured, live}} in the API's units where they differ, else None."""

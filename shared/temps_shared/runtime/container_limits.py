@@ -11,7 +11,7 @@ import docker
 import docker.errors
 
 from temps_shared.ids import LABEL_MANAGED
-from temps_shared.resources import DockerLimits
+from temps_shared.resources import LIFTED_MEMORY, DockerLimits
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,17 @@ def create_kwargs(limits: DockerLimits) -> dict[str, Any]:
 
 
 def update(client: docker.DockerClient, name: str, limits: DockerLimits) -> None:
-    """Set caps on a container, running or stopped. One raw call: docker-py's update() cannot
-    send NanoCpus at API 1.41, and mixing it with CpuQuota answers 409."""
+    """Set caps on a container, running or stopped, without restarting it. One raw call:
+    docker-py's update() cannot send NanoCpus at API 1.41, and mixing it with CpuQuota answers
+    409. A memory cap to lift (wanted 0, the container capped) cannot be unset (Docker reads 0
+    as "unchanged"): memory and memory+swap go to `LIFTED_MEMORY`, which reads back as no cap."""
     api: Any = client.api  # its raw-request helpers are not in the stubs
     body: dict[str, int] = {}
     if limits.memory:
         body["Memory"] = limits.memory
         body["MemorySwap"] = limits.memory_swap or limits.memory
+    elif 0 < live_limits(api.inspect_container(name)).memory < LIFTED_MEMORY:
+        body["Memory"] = body["MemorySwap"] = LIFTED_MEMORY
     if limits.nano_cpus:
         body["NanoCpus"] = limits.nano_cpus
     if not body:
