@@ -7,7 +7,9 @@ health stream, the monitor's `ServiceStatusChanged` from the event stream.
 A backup's failed verification also degrades the service (`with_verification`, the one place
 of that rule): while the newest backup that has a verification outcome failed it, any status
 that would be `operational` (the monitor's, the provisioner's) is `degraded` with that reason,
-and a `degraded` one carries it too; a newer backup that verifies lifts it.
+and a `degraded` one carries it too. Lifted by a newer backup that verifies, by the deletion of
+the failed backup's row (retention), and by an in-place restore completed after the failure
+(the service's data was replaced): `reevaluate_verification` after each.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from uuid import UUID
 
 from temps_shared.messages import (
     MONITOR_OWNED,
+    BackupDeleted,
     BackupVerificationFailed,
     BackupVerified,
     Event,
     HealthChecked,
+    RestoreCompleted,
     ServiceStatus,
     ServiceStatusChanged,
     WalHealthRecorded,
@@ -35,7 +39,9 @@ DEFAULT_RETENTION = timedelta(days=30)
 _LIVE = "EXISTS (SELECT 1 FROM services WHERE id = $1 AND NOT purged)"
 VERIFICATION_REASON = "backup verification failed"  # how a reason names this rule's part
 _LATEST_VERIFICATION = (
-    "SELECT backup_id, verify_state, verify_reason FROM backups WHERE service_id = $1"
+    "SELECT backup_id, verify_state, verify_reason, verified_at,"
+    " (SELECT max(restored_in_place_at) FROM backups r WHERE r.service_id = $1) AS restored_at"
+    " FROM backups WHERE service_id = $1"
     " AND verify_state IN ('verified', 'verification_failed')"
     " ORDER BY requested_at DESC, backup_id LIMIT 1"
 )
@@ -129,6 +135,9 @@ async def verification_failure(conn: Connection, service_id: UUID) -> str | None
     row = await conn.fetchrow(_LATEST_VERIFICATION, service_id)
     if row is None or row["verify_state"] != "verification_failed":
         return None
+    restored_at, failed_at = row["restored_at"], row["verified_at"]
+    if restored_at is not None and (failed_at is None or restored_at > failed_at):
+        return None  # the data was restored in place since
     return f"{VERIFICATION_REASON} (backup {row['backup_id']}): {row['verify_reason']}"
 
 
@@ -156,24 +165,48 @@ async def apply_verification(
 ) -> None:
     """After the catalogue recorded a verification outcome: the service's status follows the
     rule (degraded by a failure, lifted by a newer success)."""
+    await reevaluate_verification(conn, event.service_id)
+
+
+async def apply_restore_or_deletion(
+    conn: Connection, event: RestoreCompleted | BackupDeleted
+) -> None:
+    """After the catalogue recorded a completed restore or a backup's deletion: an in-place
+    restore is noted on its backup (a failed verification before it no longer counts), then
+    the service's status follows the rule again."""
+    if isinstance(event, RestoreCompleted):
+        await conn.execute(
+            "UPDATE backups SET restored_in_place_at = $4"
+            " WHERE backup_id = $1 AND restore_id = $2 AND service_id = $3",
+            event.backup_id,
+            event.restore_id,
+            event.service_id,  # a restore as a new service leaves its source as it was
+            event.occurred_at,
+        )
+    await reevaluate_verification(conn, event.service_id)
+
+
+async def reevaluate_verification(conn: Connection, service_id: UUID) -> None:
+    """Apply the rule to the service's recorded status (degraded by a failed verification,
+    back to what it was without it once nothing fails)."""
     row = await conn.fetchrow(
         "SELECT status, status_reason FROM service_status WHERE service_id = $1 FOR UPDATE",
-        event.service_id,
+        service_id,
     )
     if row is None or row["status"] not in (ServiceStatus.OPERATIONAL, ServiceStatus.DEGRADED):
         return
     status, reason = row["status"], row["status_reason"]
-    if await verification_failure(conn, event.service_id) is None:
+    if await verification_failure(conn, service_id) is None:
         if reason is None or VERIFICATION_REASON not in reason:
             return
         reason = _without_verification(reason)
         status = ServiceStatus.DEGRADED if reason else ServiceStatus.OPERATIONAL
     else:
-        status, reason = await with_verification(conn, event.service_id, status, reason)
+        status, reason = await with_verification(conn, service_id, status, reason)
     await conn.execute(
         "UPDATE service_status SET status = $2, status_reason = $3, updated_at = now()"
         " WHERE service_id = $1",
-        event.service_id,
+        service_id,
         status,
         reason,
     )
