@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def conn(database_url: str) -> AsyncIterator[Any]:
     pool = await create_pool(database_url, min_size=1, max_size=1)
     await apply_migrations(pool)
     async with pool.acquire() as connection:
@@ -70,6 +71,7 @@ async def _status(conn: asyncpg.Connection, service_id: UUID) -> tuple[str, bool
     row = await conn.fetchrow(
         "SELECT status, status_reason FROM service_status WHERE service_id = $1", service_id
     )
+    assert row is not None
     return row["status"], VERIFICATION_REASON in (row["status_reason"] or "")
 
 

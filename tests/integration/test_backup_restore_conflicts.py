@@ -6,6 +6,7 @@ on the real control-plane database, on rows never committed (no worker ever sees
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def conn(database_url: str) -> AsyncIterator[Any]:
     pool = await create_pool(database_url, min_size=1, max_size=1)
     await apply_migrations(pool)
     async with pool.acquire() as connection:

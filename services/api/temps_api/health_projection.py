@@ -135,7 +135,7 @@ async def verification_failure(conn: Connection, service_id: UUID) -> str | None
     row = await conn.fetchrow(_LATEST_VERIFICATION, service_id)
     if row is None or row["verify_state"] != "verification_failed":
         return None
-    restored_at, failed_at = row["restored_at"], row["verified_at"]
+    restored_at, failed_at = row.get("restored_at"), row.get("verified_at")
     if restored_at is not None and (failed_at is None or restored_at > failed_at):
         return None  # the data was restored in place since
     return f"{VERIFICATION_REASON} (backup {row['backup_id']}): {row['verify_reason']}"
