@@ -17,6 +17,7 @@ from opentelemetry import trace
 from temps_shared.bus.consume import Delivery, consume, contract_message
 from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSUMER
 from temps_shared.messages import (
+    MONITOR_OWNED,
     MONITOR_SOURCE,
     BackupEvent,
     BackupVerificationFailed,
@@ -55,6 +56,25 @@ REQUESTED_STATUS = {
     "retry": ServiceStatus.PROVISIONING,
     "delete": ServiceStatus.DELETING,
 }
+# A change to a running service's members (parameters, resource caps): `updating`, with this
+# reason, until the provisioner reports every member ready (`ServiceProvisioned`). The monitor
+# cannot move a service out of `updating` (MONITOR_OWNED); the provisioner narrows the reason
+# when it restarts members (`ServiceStatusChanged`, status `updating`).
+UPDATING_REASONS = {
+    "update": "applying a parameters change",
+    "resources": "applying resource caps",
+}
+
+
+def requested_status(operation: str, current: str | None) -> tuple[str, str | None] | None:
+    """The status and reason an operation requested on a service with status `current` shows
+    at once (None: the status stays until a worker reports). The one place of that rule: the
+    projector applies it, and the PATCH answer shows what it will apply."""
+    if operation in UPDATING_REASONS:
+        running = current in MONITOR_OWNED
+        return (ServiceStatus.UPDATING, UPDATING_REASONS[operation]) if running else None
+    status = REQUESTED_STATUS.get(operation)
+    return (status, None) if status is not None else None
 
 
 async def _set(
@@ -108,16 +128,21 @@ async def apply_event(conn: Connection, event: Event) -> None:
                 event.generation,
             )
         case ServiceOperationRequested():
-            status = REQUESTED_STATUS.get(event.operation)
+            current = await conn.fetchval(
+                "SELECT status FROM service_status WHERE service_id = $1 FOR UPDATE",
+                event.service_id,
+            )
+            status, reason = requested_status(event.operation, current) or (None, None)
             await conn.execute(
                 "UPDATE service_status"
                 " SET requested_generation = greatest(requested_generation, $2),"
                 " status = coalesce($3, status),"
-                " status_reason = CASE WHEN $3::text IS NULL THEN status_reason ELSE NULL END,"
+                " status_reason = CASE WHEN $3::text IS NULL THEN status_reason ELSE $4 END,"
                 " updated_at = now() WHERE service_id = $1",
                 event.service_id,
                 event.generation,
                 status,
+                reason,
             )
         case ServiceProvisioned():
             await _set(

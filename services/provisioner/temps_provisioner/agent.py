@@ -12,22 +12,29 @@ from uuid import UUID
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.permissions import inbox_prefix
+from temps_shared.engines.base import dial_endpoints
+from temps_shared.engines.postgres import PORT_NAME, PostgresEngine
 from temps_shared.ids import LABEL_GENERATION, LABEL_ROLE
 from temps_shared.messages import AgentReply, AgentRequest, Role, agent_subject
 from temps_shared.resources import ResourceLimits
-from temps_shared.runtime import ContainerState
+from temps_shared.runtime import ContainerSpec, ContainerState
 from temps_shared.runtime.container_limits import LimitUpdateError
 from temps_shared.service_lock import service_lock
 from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_provisioner.context import Provisioner
-from temps_provisioner.members import converge
+from temps_provisioner.members import converge, wait_ready
 from temps_provisioner.oom_watch import oom_kill_counts
-from temps_provisioner.reconcile import desired_state
+from temps_provisioner.reconcile import Desired, desired_state
+from temps_provisioner.steps import PRIMARY, Steps, announce_updating
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 60.0  # a caps change waits for a running reconcile of the same service
+# A recreated member's wait for connections before the answer says `applied` (the gateway
+# waits 120 s for the whole answer, the lock included).
+READY_WAIT_S = 45.0
 
 
 class AgentError(Exception):
@@ -117,17 +124,68 @@ def _created_for(container: ContainerState, generation: int | None) -> bool:
     return generation is not None and container.labels.get(LABEL_GENERATION) == str(generation)
 
 
+async def _until_ready(p: Provisioner, desired: Desired, spec: ContainerSpec) -> None:
+    """Wait (READY_WAIT_S at most) until the member accepts connections as it should: the
+    primary as the engine's readiness check says, a replica as a standby."""
+    engine, role = desired.engine, spec.labels.get(LABEL_ROLE, PRIMARY)
+    addressing = p.settings.service_addressing
+    if role == PRIMARY:
+        endpoints = dial_endpoints(addressing, engine.ports, spec.name, desired.local_ports)
+
+        async def probe() -> None:
+            await engine.check_ready(endpoints, desired.credentials, p.ca.cert_pem)
+
+    else:
+        assert isinstance(engine, PostgresEngine)
+        local = {PORT_NAME: spec.ports[5432]}
+        endpoint = dial_endpoints(addressing, engine.ports, spec.name, local)[PORT_NAME]
+
+        async def probe() -> None:
+            await engine.check_replica_ready(endpoint, desired.credentials, p.ca.cert_pem)
+
+    async with asyncio.timeout(READY_WAIT_S):
+        await wait_ready(p, spec.name, probe)
+
+
+async def _ready_outcome(
+    p: Provisioner,
+    desired: Desired,
+    spec: ContainerSpec,
+    entry: dict[str, Any],
+    steps: Steps | None = None,
+) -> None:
+    """`applied` only once a recreated member accepts connections again; `failed` (with the
+    reason) when it does not within READY_WAIT_S."""
+    try:
+        await _until_ready(p, desired, spec)
+    except (TimeoutError, RetryableError, TerminalError) as exc:
+        entry["outcome"] = "failed"
+        entry["error"] = (
+            f"recreated, but not accepting connections after {READY_WAIT_S:.0f}s"
+            f" ({str(exc) or type(exc).__name__}); the service stays updating while it starts"
+        )
+        return
+    entry["outcome"] = "applied"
+    if steps is not None:  # this answer recreated it: the step is its to announce
+        await steps.completed("accepting connections", entry["role"])
+
+
 async def apply_resources(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
-    """Apply the stored caps to every member now; one outcome per member."""
+    """Apply the stored caps to every member now; one outcome per member. A member that had
+    to be recreated (a cap lifted) is `applied` only once it accepts connections again; while
+    it restarts the service shows `updating` (announced before it stops) and each step is an
+    event (`ServiceStepCompleted`)."""
     service = await _service(p, request)
     async with service_lock(p.pool, service.id, wait_s=LOCK_WAIT_S):
         service = await _service(p, request)  # re-read under the lock
         desired = await desired_state(p, service)
         existing = {c.name: c for c in await p.runtime.containers_of(str(service.id))}
+        steps = Steps(p, service, f"apply-resources:{service.generation}")
         applied = []
         for spec in desired.members:
+            role = spec.labels.get(LABEL_ROLE, PRIMARY)
             entry: dict[str, Any] = {
-                "role": spec.labels.get(LABEL_ROLE, "primary"),
+                "role": role,
                 "container_name": spec.name,
                 "recreated": False,
             }
@@ -135,14 +193,28 @@ async def apply_resources(p: Provisioner, request: AgentRequest) -> dict[str, An
             if container is None:
                 entry["outcome"] = "missing"
             elif _created_for(container, request.generation):
-                # The reconcile queued with these caps got here first and recreated the member.
-                entry["outcome"] = "applied" if container.running else "stopped"
+                # The reconcile queued with these caps got here first and recreated the member
+                # (it waited for it to be ready; checked again, it costs one connection).
                 entry["recreated"] = True
+                if container.running:
+                    await _ready_outcome(p, desired, spec, entry)
+                else:
+                    entry["outcome"] = "stopped"
             elif container.limits.lifts(spec.limits):
                 # Docker 20.10 cannot lift a cap live: recreate with the data on its volume.
-                await converge(p, service, spec, start=container.running)
-                entry["outcome"] = "applied" if container.running else "stopped"
+                if container.running:
+                    await announce_updating(
+                        p,
+                        service,
+                        f"recreating the {role} to lift its resource caps; data is kept",
+                        f"apply-resources:{service.generation}:{role}:updating",
+                    )
+                await converge(p, service, spec, start=container.running, steps=steps)
                 entry["recreated"] = True
+                if container.running:
+                    await _ready_outcome(p, desired, spec, entry, steps)
+                else:
+                    entry["outcome"] = "stopped"
             else:
                 try:
                     await p.runtime.update_limits(spec.name, spec.limits)

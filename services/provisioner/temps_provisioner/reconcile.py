@@ -46,7 +46,7 @@ from temps_shared.tls import ServerCertificate, issue_server_certificate
 
 from temps_provisioner.context import Provisioner
 from temps_provisioner.members import converge, drift_of, wait_ready
-from temps_provisioner.steps import PRIMARY, Steps
+from temps_provisioner.steps import PRIMARY, Steps, announce_updating
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("temps.provisioner")
@@ -303,18 +303,13 @@ async def _run_replica(
 async def _announce_restart(
     p: Provisioner, service: ServiceRecord, drift: list[str], cause: str
 ) -> None:
-    reason = f"restarting to apply a configuration change ({', '.join(drift)}); data is kept"
-    log.info("%s: %s", service.name, reason)
-    await _emit(
-        p,
-        ServiceStatusChanged(
-            service_id=service.id,
-            status=ServiceStatus.PROVISIONING,
-            reason=reason,
-            generation=service.generation,
-        ),
-        f"{cause}:restart",
-    )
+    """`updating`, naming the members restarted and why, before the first one stops; the
+    `ServiceProvisioned` that ends the reconcile (every member ready) makes it operational."""
+    engine = ENGINES[service.service_type]
+    replicas = engine.replica_count(service) if isinstance(engine, PostgresEngine) else 0
+    members = f"{replicas} replica(s), then the primary" if replicas else "the primary"
+    reason = f"restarting {members} to apply {', '.join(drift)}; data is kept"
+    await announce_updating(p, service, reason, f"{cause}:restart")
 
 
 async def _remove_replicas_beyond(p: Provisioner, service: ServiceRecord, wanted: int) -> None:

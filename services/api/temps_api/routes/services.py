@@ -38,6 +38,7 @@ from temps_api.auth import EXTERNAL_SERVICES_READ, EXTERNAL_SERVICES_WRITE, SECR
 from temps_api.deps import State, require
 from temps_api.errors import ApiError, error_responses, not_found, validation_error
 from temps_api.idempotency import Answer, run_once
+from temps_api.projector import requested_status
 from temps_api.resource_limits import check_limits
 from temps_api.schemas import CredentialsPublic, ServiceCreate, ServicePublic, ServiceUpdate
 from temps_api.service_views import get_public, list_public
@@ -247,6 +248,10 @@ async def _change(
         )
         public = await get_public(conn, service_id)
         assert public is not None
+        if operation == "update" and (shown := requested_status(operation, current.status)):
+            # What GET shows once the request is projected: never `operational` for a change
+            # that may restart members (`updating` until every member is ready again).
+            public = public.model_copy(update={"status": shown[0], "status_reason": shown[1]})
         return _accepted(public)
 
     return await run_once(
