@@ -2,13 +2,21 @@
 version, with fresh credentials and its own CA, on an internal Docker network created for it
 (no route out, no published port), with its own volume. Everything carries `LABEL_SCRATCH`
 (the backup id) so an orphan left by a killed worker can be found and removed; the context
-manager removes all of it whatever happens. Blocking (Docker SDK): run in a worker thread."""
+manager removes all of it whatever happens. Blocking (Docker SDK): run in a worker thread.
+
+Engines dialled over the network (S3: boto3 against the scratch's address) need the worker to
+reach the internal network. On the host that is the Linux bridge; a worker in a container (the
+compose deployment) joins the scratch's network for the verification: it finds its own
+container from the bind mount Docker makes of /etc/hostname (/proc/self/mountinfo), and is
+disconnected before the network is removed. (docker exec-based figures would avoid the join,
+but S3 has no CLI in its image to read objects and ETags with.)"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import ipaddress
+import re
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -83,14 +91,57 @@ def _internal_network(client: docker.DockerClient, name: str, labels: dict[str, 
     raise ExecFailed("no subnet could be reserved for the scratch network")
 
 
+_HOSTNAME_MOUNT = re.compile(r"/containers/([0-9a-f]{64})/hostname$")
+
+
+def container_id_from_mountinfo(mountinfo: str) -> str | None:
+    """The id of the Docker container whose /etc/hostname is bind-mounted here (None on the
+    host: there /etc/hostname is no mount; other containers' mounts do not name it)."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/etc/hostname":
+            match = _HOSTNAME_MOUNT.search(fields[3])
+            if match:
+                return match.group(1)
+    return None
+
+
+def own_container(client: docker.DockerClient) -> str | None:
+    """The container this process runs in, if it needs to join a bridge network to reach
+    one (None on the host, or in a container on the host's network)."""
+    try:
+        with open("/proc/self/mountinfo") as file:
+            found = container_id_from_mountinfo(file.read())
+    except OSError:
+        return None
+    if found is None:
+        return None
+    try:
+        attrs = client.api.inspect_container(found)
+    except docker.errors.NotFound:
+        return None  # another Docker engine's container (e.g. docker-in-docker)
+    return None if attrs["HostConfig"].get("NetworkMode") == "host" else found
+
+
+def join_network(client: docker.DockerClient, name: str, container_id: str | None) -> None:
+    """Connect the worker's own container to the scratch network (nothing on the host)."""
+    if container_id is not None:
+        client.networks.get(name).connect(container_id)
+
+
 def remove_scratch(client: docker.DockerClient, name: str) -> None:
-    """Container, then volume and network (each may already be gone)."""
+    """Container, then volume and network (each may already be gone); a worker's container
+    joined to the network (this one, or a killed one's) is disconnected first."""
     with contextlib.suppress(docker.errors.NotFound):
         client.containers.get(name).remove(force=True, v=True)
     with contextlib.suppress(docker.errors.NotFound):
         client.volumes.get(name).remove(force=True)
     with contextlib.suppress(docker.errors.NotFound):
-        client.networks.get(name).remove()
+        network = client.networks.get(name)
+        for joined in list(network.attrs.get("Containers") or {}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                network.disconnect(joined, force=True)
+        network.remove()
 
 
 def _created_before(created: str, cutoff: float) -> bool:
@@ -163,12 +214,13 @@ def scratch_service(
         if spec.files:
             container.put_archive("/", _tar(spec.files))
         container.start()
+        # Reachable from the host running the worker (Linux bridge); a worker in a container
+        # joins the network (left in remove_scratch).
+        join_network(client, name, own_container(client))
         yield ServiceHandle(
             client=client,
             container=name,
             credentials=credentials,
-            # Reachable from the host running the worker (Linux bridge); a worker in a
-            # container would have to join the network first.
             endpoints={port_name: (address, port) for port_name, port in engine.ports.items()},
             ca_pem=ca.cert_pem,
             identity=identity,
