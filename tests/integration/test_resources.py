@@ -235,7 +235,8 @@ async def test_a_reconcile_that_lifted_the_caps_first_counts_as_recreated(
     """The PATCH queues a reconcile and asks the agent at once; whichever takes the service lock
     first recreates the members. Here the reconcile wins: the agent must still say so."""
     sid = capped["id"]
-    response = await _patch(api, sid, {"memory_mb": 256})
+    # A CPU cap: lifting it recreates (a lifted memory cap alone is applied live).
+    response = await _patch(api, sid, {"memory_mb": 256, "cpus": 0.5})
     assert {a["outcome"] for a in response.json()["applied"]} == {"applied"}
     pool = await create_pool(database_url)
     try:
