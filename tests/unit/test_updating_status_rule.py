@@ -7,10 +7,9 @@ from temps_api.projector import requested_status
 from temps_shared.messages import ServiceStatus
 
 
-@pytest.mark.parametrize("operation", ["update", "resources"])
 @pytest.mark.parametrize("current", ["operational", "degraded", "down"])
-def test_a_change_to_a_running_service_shows_updating(operation: str, current: str) -> None:
-    shown = requested_status(operation, current)
+def test_a_parameters_change_to_a_running_service_shows_updating(current: str) -> None:
+    shown = requested_status("update", current)
     assert shown is not None
     assert shown[0] == ServiceStatus.UPDATING
     assert shown[1]
@@ -19,6 +18,10 @@ def test_a_change_to_a_running_service_shows_updating(operation: str, current: s
 @pytest.mark.parametrize("current", ["provisioning", "stopped", "failed", "updating", None])
 def test_a_change_to_a_service_not_running_keeps_its_status(current: str | None) -> None:
     assert requested_status("update", current) is None
+
+
+@pytest.mark.parametrize("current", ["operational", "stopped"])
+def test_resource_caps_keep_the_status_the_agent_announces_a_recreate(current: str) -> None:
     assert requested_status("resources", current) is None
 
 

@@ -56,14 +56,13 @@ REQUESTED_STATUS = {
     "retry": ServiceStatus.PROVISIONING,
     "delete": ServiceStatus.DELETING,
 }
-# A change to a running service's members (parameters, resource caps): `updating`, with this
-# reason, until the provisioner reports every member ready (`ServiceProvisioned`). The monitor
-# cannot move a service out of `updating` (MONITOR_OWNED); the provisioner narrows the reason
-# when it restarts members (`ServiceStatusChanged`, status `updating`).
-UPDATING_REASONS = {
-    "update": "applying a parameters change",
-    "resources": "applying resource caps",
-}
+# A parameters change to a running service: `updating`, with this reason, until the provisioner
+# reports every member ready (`ServiceProvisioned`); it may restart members. The monitor cannot
+# move a service out of `updating` (MONITOR_OWNED); the provisioner names the restart when it
+# begins (`ServiceStatusChanged`, status `updating`). Resource caps are not here: they apply live
+# and are answered member by member; a member the agent must recreate is announced `updating`
+# by the agent itself before it stops.
+UPDATING_REASONS = {"update": "applying a parameters change"}
 
 
 def requested_status(operation: str, current: str | None) -> tuple[str, str | None] | None:
