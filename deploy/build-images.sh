@@ -4,10 +4,11 @@
 #   deploy/build-images.sh [TARGET]...          (default: all)
 #   TARGET: all | base | base-<suite> | postgres (=15) | postgres-13 | postgres-15 |
 #           postgres-17 | redis (6, 7 and 8) | redis-6 | redis-7 | redis-8 | nats |
-#           seaweedfs | app
+#           seaweedfs | pgbouncer | app
 #   all = temps/base:bookworm temps/postgres:15 temps/nats:2 temps/app:<version> + :latest,
 #         temps/postgres:13 (bullseye base) and :17 (trixie base),
-#         temps/redis:6 (bullseye), :7 (bookworm) and :8 (trixie), temps/seaweedfs:4
+#         temps/redis:6 (bullseye), :7 (bookworm) and :8 (trixie), temps/seaweedfs:4,
+#         temps/pgbouncer:1 (trixie: PgBouncer >= 1.21, the pooler of every PostgreSQL)
 #   postgres-13 / -17 build temps/base:bullseye / :trixie first.
 #
 # Every image carries the label io.temps.inputs-hash (hash of its Dockerfile, build
@@ -243,6 +244,17 @@ build_redis() {
   docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base" --build-arg "REDIS_MAJOR=$major"
 }
 
+# temps/pgbouncer:1 on temps/base:trixie (Debian's PgBouncer 1.24; the Dockerfile checks >= 1.21,
+#   prepared statements in transaction mode). One image for every PostgreSQL major.
+build_pgbouncer() {
+  local tag="temps/pgbouncer:1" base="temps/base:trixie"
+  build_base trixie
+  local ctx="$DEPLOY/images/pgbouncer" hash
+  hash="$(hash_strings "$(hash_tree "$ctx")" "$(image_id "$base")")"
+  if up_to_date "$tag" "$hash"; then log "$tag is up to date"; return 0; fi
+  docker_build "$tag" "$hash" "$ctx" --build-arg "BASE=$base"
+}
+
 build_nats() {
   local tag="temps/nats:2" base="temps/base:bookworm"
   build_base bookworm
@@ -347,7 +359,7 @@ main() {
         build_base bookworm; build_postgres 15 bookworm; build_nats; build_app
         build_postgres 13 bullseye; build_postgres 17 trixie
         build_redis 6 bullseye; build_redis 7 bookworm; build_redis 8 trixie
-        build_seaweedfs
+        build_seaweedfs; build_pgbouncer
         ;;
       base) build_base bookworm ;;
       base-*) build_base "${t#base-}" ;;
@@ -361,8 +373,9 @@ main() {
       redis-8) build_redis 8 trixie ;;
       nats) build_nats ;;
       seaweedfs) build_seaweedfs ;;
+      pgbouncer) build_pgbouncer ;;
       app) build_app ;;
-      *) die "unknown target '$t' (all|base|base-SUITE|postgres|postgres-13|postgres-15|postgres-17|redis|redis-6|redis-7|redis-8|nats|seaweedfs|app)" ;;
+      *) die "unknown target '$t' (all|base|base-SUITE|postgres|postgres-13|postgres-15|postgres-17|redis|redis-6|redis-7|redis-8|nats|seaweedfs|pgbouncer|app)" ;;
     esac
   done
   prune_replaced_images

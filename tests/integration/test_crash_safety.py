@@ -100,7 +100,10 @@ async def test_killed_provisioner_converges_with_one_container(
 
             processes.start("temps_provisioner")
             await wait_status(api, service_id, "operational", timeout_s=120)
-            assert service_containers(docker_client, service_id) == [f"temps-postgres-{P}crash"]
+            assert sorted(service_containers(docker_client, service_id)) == [
+                f"temps-postgres-{P}crash",
+                f"temps-postgres-{P}crash-pooler",
+            ]
             await _delete_and_wait(api, service_id)
     finally:
         await platform.stop()

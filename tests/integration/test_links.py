@@ -67,9 +67,13 @@ async def _variables(api: httpx.AsyncClient, project_id: str) -> dict[str, str]:
 
 
 def _loopback(url: str, service: dict[str, Any]) -> str:
-    """What `temps run` does: the private host:port becomes the loopback publication."""
+    """What `temps run` does: the private host:port becomes the loopback publication (the
+    primary's, and the pooler's: `DATABASE_URL` is the pooled endpoint)."""
     info = service["connection_info"]
-    return url.replace(f"@{info['host']}:{info['port']}/", f"@127.0.0.1:{info['local_port']}/")
+    for endpoint in (info, info.get("pooler") or info):
+        private = f"@{endpoint['host']}:{endpoint['port']}/"
+        url = url.replace(private, f"@127.0.0.1:{endpoint['local_port']}/")
+    return url
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +205,13 @@ async def test_rotation_replaces_every_secret_and_keeps_open_connections(
     await new_conn.close()
     assert await open_conn.fetchval("SELECT count(*) FROM notes") == 1  # still open
     await open_conn.close()
+    # The old password is refused by PostgreSQL (direct) and by the pooler (which answers a
+    # failed SCRAM exchange with its own protocol error).
     with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(
+            _loopback(before["DATABASE_DIRECT_URL"], pg).split("?")[0], ssl=context
+        )
+    with pytest.raises(asyncpg.PostgresError):
         await asyncpg.connect(link_url, ssl=context)
     admin_after = (await api.get(f"/api/external-services/{sid}/credentials")).json()
     assert admin_after["password"] != admin_before["password"]
@@ -216,7 +226,8 @@ async def test_unlink_revokes_the_user_and_keeps_the_data(
 ) -> None:
     sid = pg["id"]
     variables = await _variables(api, projects["b"])
-    url = _loopback(variables["DATABASE_URL"], pg).split("?")[0]
+    url = _loopback(variables["DATABASE_DIRECT_URL"], pg).split("?")[0]
+    pooled = _loopback(variables["DATABASE_URL"], pg).split("?")[0]
     assert (
         await api.delete(f"/api/external-services/{sid}/projects/{projects['b']}")
     ).status_code == 202
@@ -230,6 +241,8 @@ async def test_unlink_revokes_the_user_and_keeps_the_data(
         return False
 
     await eventually(refused, 60, "the unlinked user to be refused")
+    with pytest.raises(asyncpg.PostgresError):  # the pooler finds no such login either
+        await asyncpg.connect(pooled, ssl="require")
     admin = (await api.get(f"/api/external-services/{sid}/credentials")).json()
     conn = await asyncpg.connect(admin["local_connection_url"], ssl="require")
     assert await conn.fetchval(

@@ -163,12 +163,16 @@ async def test_replica_streams_and_scaling_up_and_down(
     assert response.status_code == 202
     alone = await _converged(api, service_id)
     assert alone["connection_info"]["replicas"] == []
-    assert service_containers(docker_client, service_id) == [f"temps-postgres-{P}rep"]
+    # The primary and its pooler (PgBouncer) stay.
+    assert sorted(service_containers(docker_client, service_id)) == [
+        f"temps-postgres-{P}rep",
+        f"temps-postgres-{P}rep-pooler",
+    ]
     volumes = {
         v.name
         for v in docker_client.volumes.list(filters={"label": f"io.temps.service-id={service_id}"})
     }
-    assert volumes == {f"temps-postgres-{P}rep-data"}
+    assert volumes == {f"temps-postgres-{P}rep-data", f"temps-postgres-{P}rep-pooler-data"}
     conn = await _connect(creds)
     assert await conn.fetch("SELECT slot_name FROM pg_replication_slots") == []
     await conn.close()

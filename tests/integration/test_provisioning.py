@@ -82,6 +82,7 @@ async def test_create_is_accepted_then_operational(
     assert operational["replication"][0]["member"] == "replica-1"
     assert sorted(service_containers(docker_client, body["id"])) == [
         f"temps-postgres-{P}traced",
+        f"temps-postgres-{P}traced-pooler",
         f"temps-postgres-{P}traced-replica-1",
     ]
 
@@ -234,7 +235,10 @@ async def test_idempotency_key_replays_the_first_answer(
     await nc.close()
     await wait_status(api, service_id, "operational")
     await asyncio.sleep(1)
-    assert service_containers(docker_client, service_id) == [f"temps-postgres-{P}idem"]
+    assert sorted(service_containers(docker_client, service_id)) == [
+        f"temps-postgres-{P}idem",
+        f"temps-postgres-{P}idem-pooler",
+    ]
 
 
 async def test_events_stream_follows_a_provisioning(api: httpx.AsyncClient) -> None:

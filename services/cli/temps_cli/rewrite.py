@@ -40,7 +40,7 @@ def _url_host(host: str) -> str:
 
 def loopback_map(connection_infos: Iterable[Mapping[str, Any]]) -> EndpointMap:
     """(private host, port) → (loopback host, port) for every published port of the services:
-    the primary, Redis's TLS port, PostgreSQL's read replicas."""
+    the primary, Redis's TLS port, PostgreSQL's read replicas and pooler."""
     mapping: EndpointMap = {}
 
     def add(host: Any, port: Any, local_host: Any, local_port: Any) -> None:
@@ -55,7 +55,7 @@ def loopback_map(connection_infos: Iterable[Mapping[str, Any]]) -> EndpointMap:
             info.get("local_host"),
             info.get("local_tls_port"),
         )
-        for replica in info.get("replicas") or ():
+        for replica in [*(info.get("replicas") or ()), info.get("pooler") or {}]:
             add(
                 replica.get("host"),
                 replica.get("port"),

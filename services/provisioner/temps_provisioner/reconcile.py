@@ -8,6 +8,7 @@ same result and a crash mid-way is repaired by the next delivery.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from uuid import UUID
@@ -15,9 +16,14 @@ from uuid import UUID
 from opentelemetry import trace
 from temps_shared.bus.consume import TerminalError
 from temps_shared.bus.publish import publish_command, publish_event
-from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions
+from temps_shared.engines import ENGINES, Engine, ServiceNotReadyError, offered_versions, pgbouncer
 from temps_shared.engines.base import Endpoints, dial_endpoints
-from temps_shared.engines.postgres import ARCHIVE_CONFIG, PostgresEngine, replica_member
+from temps_shared.engines.postgres import (
+    ARCHIVE_CONFIG,
+    MAX_CONNECTIONS,
+    PostgresEngine,
+    replica_member,
+)
 from temps_shared.ids import LABEL_GENERATION, LABEL_INSTALLATION, LABEL_ROLE, container_name
 from temps_shared.messages import (
     CredentialsRotated,
@@ -107,6 +113,7 @@ class Desired:
     local_ports: dict[str, int]
     primary: ContainerSpec
     replicas: list[ContainerSpec]
+    pooler: ContainerSpec | None = None  # PostgreSQL's PgBouncer (not a member the caps size)
 
     @property
     def members(self) -> list[ContainerSpec]:
@@ -126,7 +133,9 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
         p.pool,
         service.id,
         p.settings.node_id,
-        list(engine.ports) + [replica_member(n) for n in range(1, replicas + 1)],
+        list(engine.ports)
+        + [replica_member(n) for n in range(1, replicas + 1)]
+        + ([pgbouncer.PORT_NAME] if postgres else []),
         p.settings.port_range,
     )
     limits = ResourceLimits.from_stored(service.resources).docker()
@@ -162,13 +171,64 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
         }
         return replace(spec, limits=limits, labels=labels)
 
+    pooler = None
+    if postgres:
+        pooler_name = pgbouncer.container(service)
+        pooler = pgbouncer.spec(
+            service,
+            credentials,
+            local_ports[pgbouncer.PORT_NAME],
+            _certificate_for(p, pooler_name),
+            name,
+            MAX_CONNECTIONS,
+            image=os.environ.get("TEMPS_POOLER_IMAGE", pgbouncer.IMAGE),
+        )
+        pooler = replace(
+            pooler,
+            labels={
+                **pooler.labels,
+                LABEL_GENERATION: str(service.generation),
+                LABEL_INSTALLATION: p.installation,
+            },
+        )
     return Desired(
         engine=engine,
         credentials=credentials,
         local_ports=local_ports,
         primary=finish(primary),
         replicas=[finish(r) for r in replica_specs],
+        pooler=pooler,
     )
+
+
+def pause_timeout_s() -> float:
+    """How long the pooler may hold clients around a planned restart of the primary."""
+    return float(os.environ.get("TEMPS_POOLER_PAUSE_TIMEOUT_S", pgbouncer.PAUSE_TIMEOUT_S))
+
+
+def _console(p: Provisioner, desired: Desired) -> pgbouncer.Console | None:
+    if desired.pooler is None:
+        return None
+    endpoint = dial_endpoints(
+        p.settings.service_addressing,
+        {pgbouncer.PORT_NAME: pgbouncer.PORT},
+        desired.pooler.name,
+        desired.local_ports,
+    )[pgbouncer.PORT_NAME]
+    return pgbouncer.Console(endpoint, desired.credentials, p.ca.cert_pem)
+
+
+async def pooler_pause(p: Provisioner, desired: Desired) -> pgbouncer.Pause | None:
+    """A hold on the service's pooler for a restart of its primary (None: no pooler running).
+    Use: `async with pause: <restart the primary, wait until it is ready>` (or enter and exit
+    it by hand); the `Hold` it yields says how long clients were held."""
+    console = _console(p, desired)
+    if console is None or desired.pooler is None:
+        return None
+    state = await p.runtime.inspect(desired.pooler.name)
+    if state is None or not state.running:
+        return None
+    return pgbouncer.Pause(console, pause_timeout_s())
 
 
 async def _run(
@@ -185,22 +245,33 @@ async def _run(
     credentials, spec = desired.credentials, desired.primary
 
     drift = await drift_of(p, service, spec)
+    console = _console(p, desired)
     if drift:
         await _announce_restart(p, service, drift, cause)
         # Gracefully: the replicas stop first, then the primary (SIGINT: a fast shutdown).
         for replica in desired.replicas:
             await p.runtime.stop(replica.name, p.settings.stop_timeout_s)
-    await converge(p, service, spec, steps=steps)
-    endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
-    previous = service.previous_credentials(p.keyring)
-    if previous is not None:
-        await _rotate_admin(p, service, engine, spec.name, endpoints, previous, credentials)
-        await steps.completed("administrator credentials rotated")
-    await wait_ready(
-        p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
-    )
+    # A restart the platform decides: the pooler holds its clients (PAUSE) until the primary
+    # accepts connections again (RESUME); bounded by TEMPS_POOLER_PAUSE_TIMEOUT_S.
+    pause = await pooler_pause(p, desired) if drift else None
+    hold = await pause.__aenter__() if pause else None
+    try:
+        await converge(p, service, spec, steps=steps)
+        endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
+        previous = service.previous_credentials(p.keyring)
+        if previous is not None:
+            await _rotate_admin(p, service, engine, spec.name, endpoints, previous, credentials)
+            await steps.completed("administrator credentials rotated")
+        await wait_ready(
+            p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
+        )
+    finally:
+        if pause is not None:
+            await pause.__aexit__(None, None, None)
     if PRIMARY in steps.touched:
         await steps.completed("accepting connections", PRIMARY)
+    if hold is not None:
+        await steps.completed(_hold_summary(hold))
     await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
     service_links = await links_of_service(p.pool, service.id)
     grants = [link.grant(p.keyring) for link in service_links]
@@ -210,6 +281,8 @@ async def _run(
         await steps.completed(
             f"users configured (links: {len(grants)})" if grants else "users configured"
         )
+    if desired.pooler is not None and console is not None:
+        await _run_pooler(p, service, desired.pooler, console, steps)
 
     replication = None
     if postgres:
@@ -256,6 +329,32 @@ async def _run(
             ),
             cause,
         )
+
+
+def _hold_summary(hold: pgbouncer.Hold) -> str:
+    if not hold.paused:
+        return f"clients not held ({hold.error})"
+    text = f"clients held {hold.held_s:.2f} s during the restart (PAUSE … RESUME)"
+    if hold.timed_out:
+        text += f"; resumed at the {pause_timeout_s():.0f} s bound before the server was ready"
+    return text + (f"; {hold.error}" if hold.error else "")
+
+
+async def _run_pooler(
+    p: Provisioner,
+    service: ServiceRecord,
+    spec: ContainerSpec,
+    console: pgbouncer.Console,
+    steps: Steps,
+) -> None:
+    """The pooler after the primary (its auth role exists by then): created, adopted or
+    recreated like any member, then resumed in case a provisioner died while it held."""
+    await converge(p, service, spec, steps=steps)
+    await wait_ready(p, spec.name, console.check_ready)
+    if await console.resume_quietly():
+        log.warning("%s was left paused; resumed", spec.name)
+    if pgbouncer.MEMBER in steps.touched:
+        await steps.completed("accepting connections (pooled endpoint)", pgbouncer.MEMBER)
 
 
 async def _rotate_admin(

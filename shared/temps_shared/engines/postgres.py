@@ -11,6 +11,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from temps_shared.crypto import generate_password
+from temps_shared.engines import pgbouncer
 from temps_shared.engines import postgres_links as links
 from temps_shared.engines import postgres_replication as replication
 from temps_shared.engines.base import Endpoints, ServiceNotReadyError
@@ -159,6 +160,8 @@ class PostgresEngine:
             "database": name.replace("-", "_"),
             "replication_password": generate_password(),
             "monitor_password": generate_password(),
+            "pooler_password": generate_password(),
+            "pooler_admin_password": generate_password(),
         }
 
     def replica_count(self, service: ServiceRecord) -> int:
@@ -272,7 +275,7 @@ class PostgresEngine:
             for n in range(1, self.replica_count(service) + 1)
             if replica_member(n) in local_ports
         ]
-        return {
+        info: dict[str, Any] = {
             "host": container_name(service.service_type, service.name),
             "port": PORT,
             "local_host": "127.0.0.1",
@@ -281,6 +284,16 @@ class PostgresEngine:
             "username": credentials["username"],
             "replicas": replicas,
         }
+        if pgbouncer.PORT_NAME in local_ports:
+            # The pooled endpoint (PgBouncer, transaction mode): what DATABASE_URL names.
+            info["pooler"] = {
+                "host": pgbouncer.container(service),
+                "port": pgbouncer.PORT,
+                "local_host": "127.0.0.1",
+                "local_port": local_ports[pgbouncer.PORT_NAME],
+                "pool_mode": pgbouncer.POOL_MODE,
+            }
+        return info
 
     async def check_ready(
         self, endpoints: Endpoints, credentials: dict[str, str], ca_pem: str
@@ -326,10 +339,18 @@ class PostgresEngine:
                 await ensure_monitor_role(conn, credentials["monitor_password"])
             await links.close_public_doors(conn, credentials["database"])
             databases = await links.connectable_databases(conn)
+            await pgbouncer.ensure_auth_role(conn, pgbouncer.secrets(credentials)[0])
             await forget_plaintext_passwords(conn)
         finally:
             await conn.close(timeout=5)
         await self._lock_public_schemas(endpoints, credentials, ca_pem, databases)
+        conn = await connect(
+            endpoints[PORT_NAME], {**credentials, "database": pgbouncer.AUTH_DATABASE}, ca_pem
+        )
+        try:
+            await pgbouncer.ensure_lookup_function(conn)
+        finally:
+            await conn.close(timeout=5)
 
     async def _lock_public_schemas(
         self,
@@ -423,10 +444,17 @@ class PostgresEngine:
     def link_variables(
         self, connection_info: dict[str, Any], grant: LinkGrant
     ) -> tuple[dict[str, str], set[str]]:
+        """`DATABASE_URL` (and `POSTGRES_URL`) name the pooled endpoint (PgBouncer, transaction
+        mode) when the service has one; `DATABASE_DIRECT_URL` always names PostgreSQL itself
+        (session features, LISTEN/NOTIFY, advisory locks, migrations). The discrete
+        `POSTGRES_HOST`/`POSTGRES_PORT` are the direct endpoint's."""
         user, password, database = grant.username, grant.password, grant.resource
-        url = _url(user, password, connection_info["host"], connection_info["port"], database)
+        direct = _url(user, password, connection_info["host"], connection_info["port"], database)
+        pooler = connection_info.get("pooler")
+        url = _url(user, password, pooler["host"], pooler["port"], database) if pooler else direct
         variables = {
             "DATABASE_URL": url,
+            "DATABASE_DIRECT_URL": direct,
             "POSTGRES_URL": url,
             "POSTGRES_HOST": connection_info["host"],
             "POSTGRES_PORT": str(connection_info["port"]),
