@@ -118,8 +118,14 @@ class LimitDrift(BaseModel):
     live: int | float | None
 
 
+class DockerLimitsView(BaseModel):
+    memory: int = Field(description="HostConfig.Memory in bytes (0: none; 2**62: a lifted cap)")
+    memory_swap: int
+    nano_cpus: int
+
+
 class MemberRuntime(BaseModel):
-    role: str = Field(description="primary | replica-<n>")
+    role: str = Field(description="primary | replica-<n> | pooler")
     container_name: str
     container_id: str
     status: ContainerStatus
@@ -130,6 +136,9 @@ class MemberRuntime(BaseModel):
     image: str
     started_at: str | None
     resource_limits: ResourceLimits
+    docker_limits: DockerLimitsView | None = Field(
+        None, description="What Docker really holds for the container (the caps above, raw)."
+    )
     drift: dict[Literal["memory_mb", "swap_mb", "cpus"], LimitDrift] | None
 
 

@@ -363,8 +363,8 @@ def resources(
 ) -> None:
     """Show the container caps, or change them on every member and say what each member did.
 
-    Caps not given keep their value; --clear lifts them all (a lifted memory cap recreates the
-    member: Docker cannot lift one live; the data stays).
+    Caps not given keep their value; --clear lifts them all (a lifted memory cap is applied
+    live; a lifted CPU cap recreates the members, the data stays).
     """
     asked = {
         k: v

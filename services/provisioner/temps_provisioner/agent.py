@@ -4,6 +4,7 @@ request/reply (`temps.rpc.<node>.<verb>`), so the gateway never touches Docker i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +28,7 @@ from temps_shared.store.services import ServiceRecord, get_service
 from temps_provisioner.context import Provisioner
 from temps_provisioner.members import converge, wait_ready
 from temps_provisioner.oom_watch import oom_kill_counts
-from temps_provisioner.reconcile import Desired, desired_state
+from temps_provisioner.reconcile import Desired, desired_state, pooler_pause
 from temps_provisioner.steps import PRIMARY, Steps, announce_updating
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ def _role(container: ContainerState) -> str:
 
 
 async def _members(p: Provisioner, service_id: UUID) -> list[ContainerState]:
-    """The service's containers, primary first, then replicas in order."""
+    """The service's containers, primary first, then replicas in order, the pooler last."""
     found = await p.runtime.containers_of(str(service_id))
-    return sorted(found, key=lambda c: (_role(c) != "primary", _role(c)))
+    return sorted(found, key=lambda c: (_role(c) != "primary", _role(c) == "pooler", _role(c)))
 
 
 async def runtime(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
@@ -80,6 +81,8 @@ async def runtime(p: Provisioner, request: AgentRequest) -> dict[str, Any]:
                 "image": c.image,
                 "started_at": c.started_at,
                 "resource_limits": c.limits.to_api().model_dump(),
+                # What Docker really holds (a lifted memory cap reads 2**62 there).
+                "docker_limits": c.limits.docker_view(),
                 "drift": c.limits.drift(configured),
             }
             for c in members
@@ -209,11 +212,15 @@ async def apply_resources(p: Provisioner, request: AgentRequest) -> dict[str, An
                         f"recreating the {role} to lift its resource caps; data is kept",
                         f"apply-resources:{service.generation}:{role}:updating",
                     )
-                await converge(p, service, spec, start=container.running, steps=steps)
-                entry["recreated"] = True
-                if container.running:
-                    await _ready_outcome(p, desired, spec, entry, steps)
-                else:
+                # The pooler holds the primary's clients meanwhile (PAUSE … RESUME).
+                holding = spec is desired.primary and container.running
+                pause = await pooler_pause(p, desired) if holding else None
+                async with pause or contextlib.nullcontext():
+                    await converge(p, service, spec, start=container.running, steps=steps)
+                    entry["recreated"] = True
+                    if container.running:
+                        await _ready_outcome(p, desired, spec, entry, steps)
+                if not container.running:
                     entry["outcome"] = "stopped"
             else:
                 try:

@@ -7,8 +7,8 @@ same result and a crash mid-way is repaired by the next delivery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from uuid import UUID
@@ -181,7 +181,7 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
             _certificate_for(p, pooler_name),
             name,
             MAX_CONNECTIONS,
-            image=os.environ.get("TEMPS_POOLER_IMAGE", pgbouncer.IMAGE),
+            image=p.settings.pooler_image,
         )
         pooler = replace(
             pooler,
@@ -199,11 +199,6 @@ async def desired_state(p: Provisioner, service: ServiceRecord) -> Desired:
         replicas=[finish(r) for r in replica_specs],
         pooler=pooler,
     )
-
-
-def pause_timeout_s() -> float:
-    """How long the pooler may hold clients around a planned restart of the primary."""
-    return float(os.environ.get("TEMPS_POOLER_PAUSE_TIMEOUT_S", pgbouncer.PAUSE_TIMEOUT_S))
 
 
 def _console(p: Provisioner, desired: Desired) -> pgbouncer.Console | None:
@@ -228,7 +223,7 @@ async def pooler_pause(p: Provisioner, desired: Desired) -> pgbouncer.Pause | No
     state = await p.runtime.inspect(desired.pooler.name)
     if state is None or not state.running:
         return None
-    return pgbouncer.Pause(console, pause_timeout_s())
+    return pgbouncer.Pause(console, p.settings.pooler_pause_timeout_s)
 
 
 async def _run(
@@ -254,8 +249,7 @@ async def _run(
     # A restart the platform decides: the pooler holds its clients (PAUSE) until the primary
     # accepts connections again (RESUME); bounded by TEMPS_POOLER_PAUSE_TIMEOUT_S.
     pause = await pooler_pause(p, desired) if drift else None
-    hold = await pause.__aenter__() if pause else None
-    try:
+    async with pause or contextlib.nullcontext() as hold:
         await converge(p, service, spec, steps=steps)
         endpoints = _endpoints(p, engine, spec.name, desired.local_ports)
         previous = service.previous_credentials(p.keyring)
@@ -265,13 +259,10 @@ async def _run(
         await wait_ready(
             p, spec.name, lambda: engine.check_ready(endpoints, credentials, p.ca.cert_pem)
         )
-    finally:
-        if pause is not None:
-            await pause.__aexit__(None, None, None)
     if PRIMARY in steps.touched:
         await steps.completed("accepting connections", PRIMARY)
     if hold is not None:
-        await steps.completed(_hold_summary(hold))
+        await steps.completed(_hold_summary(hold, p.settings.pooler_pause_timeout_s))
     await engine.after_ready(endpoints, service, credentials, p.ca.cert_pem)
     service_links = await links_of_service(p.pool, service.id)
     grants = [link.grant(p.keyring) for link in service_links]
@@ -331,12 +322,12 @@ async def _run(
         )
 
 
-def _hold_summary(hold: pgbouncer.Hold) -> str:
+def _hold_summary(hold: pgbouncer.Hold, bound_s: float) -> str:
     if not hold.paused:
         return f"clients not held ({hold.error})"
     text = f"clients held {hold.held_s:.2f} s during the restart (PAUSE … RESUME)"
     if hold.timed_out:
-        text += f"; resumed at the {pause_timeout_s():.0f} s bound before the server was ready"
+        text += f"; resumed at the {bound_s:.0f} s bound before the server was ready"
     return text + (f"; {hold.error}" if hold.error else "")
 
 

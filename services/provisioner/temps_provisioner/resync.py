@@ -24,7 +24,7 @@ from uuid import UUID, uuid4
 
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
-from temps_shared.engines import ENGINES
+from temps_shared.engines import ENGINES, pgbouncer
 from temps_shared.engines.postgres import PostgresEngine
 from temps_shared.ids import LABEL_INSTALLATION, LABEL_SERVICE_ID, container_name
 from temps_shared.messages import Role, ServiceFailed, ServiceStatus, ServiceStatusChanged
@@ -64,13 +64,16 @@ RETURNING r.service_id
 
 
 def member_names(service: ServiceRecord) -> list[str]:
-    """The containers a running service has: its primary, and PostgreSQL's read replicas."""
+    """The containers a running service has: its primary, and PostgreSQL's read replicas and
+    pooler."""
     engine = ENGINES[service.service_type]
-    replicas = engine.replica_count(service) if isinstance(engine, PostgresEngine) else 0
-    return [
+    if not isinstance(engine, PostgresEngine):
+        return [container_name(service.service_type, service.name)]
+    members = [
         container_name(service.service_type, service.name, n or None)
-        for n in range(0, replicas + 1)
+        for n in range(0, engine.replica_count(service) + 1)
     ]
+    return [*members, pgbouncer.container(service)]
 
 
 async def diverged_members(p: Provisioner, service: ServiceRecord) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
+from temps_shared.engines import pgbouncer
 from temps_shared.settings import TempsSettings
 
 
@@ -37,4 +38,13 @@ class ProvisionerSettings(TempsSettings):
         1024,
         ge=1,
         description="MB per unit of an S3 service's size_gb: 1024, except in tests (a tiny quota).",
+    )
+    pooler_image: str = Field(
+        pgbouncer.IMAGE, description="Image of the PgBouncer pooler of every PostgreSQL service."
+    )
+    pooler_pause_timeout_s: float = Field(
+        pgbouncer.PAUSE_TIMEOUT_S,
+        gt=0,
+        description="How long the pooler may hold clients (PAUSE) around a planned restart of "
+        "the primary before it lets them through anyway.",
     )

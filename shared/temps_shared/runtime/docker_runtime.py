@@ -95,8 +95,8 @@ class ContainerSpec:
         Read from the container itself, not from a label, so a container recreated by hand is
         judged by what it really runs. Env is left out: it holds secrets and only matters at the
         first start (initdb); files are refreshed separately. Resource caps change live
-        (`DockerRuntime.update_limits`) except a lifted cap, which Docker 20.10 cannot remove
-        from a container: that is drift.
+        (`DockerRuntime.update_limits`), a lifted memory cap too (raised to `LIFTED_MEMORY`);
+        a lifted CPU cap, which Docker 20.10 cannot remove from a container, is drift.
         """
         differences = []
         if actual.image != self.image:
@@ -395,7 +395,8 @@ class DockerRuntime:
     @_traced("update_limits")
     async def update_limits(self, name: str, limits: DockerLimits) -> None:
         """Set caps live (running or stopped container); `LimitUpdateError` when Docker refuses.
-        Docker 20.10 cannot lift a cap live: recreate the container for that."""
+        A lifted memory cap is raised to `LIFTED_MEMORY`; Docker 20.10 cannot lift a CPU cap
+        live: recreate the container for that."""
         await asyncio.to_thread(container_limits.update, self._client, name, limits)
 
     @_traced("usage_sample")
