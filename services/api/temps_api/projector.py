@@ -19,6 +19,7 @@ from temps_shared.bus.topology import HEALTH_PROJECTOR_CONSUMER, PROJECTOR_CONSU
 from temps_shared.messages import (
     MONITOR_OWNED,
     MONITOR_SOURCE,
+    BackupDeleted,
     BackupEvent,
     BackupVerificationFailed,
     BackupVerified,
@@ -26,6 +27,7 @@ from temps_shared.messages import (
     LinkRequested,
     LinkRevokeRequested,
     LinksConverged,
+    RestoreCompleted,
     ServiceDeleted,
     ServiceFailed,
     ServiceOperationRequested,
@@ -41,6 +43,7 @@ from temps_api.health_projection import (
     HEALTH_PROJECTION,
     apply_health_event,
     apply_monitor_status,
+    apply_restore_or_deletion,
     apply_verification,
     forget_health,
     with_verification,
@@ -185,6 +188,10 @@ async def apply_event(conn: Connection, event: Event) -> None:
         case BackupVerified() | BackupVerificationFailed():
             await apply_backup_event(conn, event)
             await apply_verification(conn, event)
+        case BackupDeleted() | RestoreCompleted():
+            # Either may lift a `degraded` left by a failed verification.
+            await apply_backup_event(conn, event)
+            await apply_restore_or_deletion(conn, event)
         case BackupEvent():
             await apply_backup_event(conn, event)
         case ServiceDeleted():

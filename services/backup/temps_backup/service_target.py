@@ -22,8 +22,8 @@ from temps_backup.context import BackupWorker
 
 # A restore into a service still being provisioned (restored as a new service, or onto a fresh
 # installation) waits for it without holding the worker: redelivered this much later, up to the
-# consumer's max_deliver (5) — about three minutes in all.
-PROVISIONING_RETRY_S = 45.0
+# consumer's max_deliver (5) — about ten minutes in all.
+PROVISIONING_RETRY_S = 150.0
 
 
 @dataclass(frozen=True)
