@@ -42,6 +42,18 @@ class ReplicaState(_Frozen):
     lag_seconds: float
 
 
+class PoolerFigures(_Frozen):
+    """PostgreSQL's pooler (PgBouncer), from `SHOW POOLS` summed over its pools."""
+
+    clients_active: int = Field(description="Client connections linked to a server connection.")
+    clients_waiting: int = Field(
+        description="Clients waiting for a server connection (a full pool, or a PAUSE)."
+    )
+    servers_active: int = Field(description="Server connections serving a client.")
+    servers_idle: int = Field(description="Server connections open and free for a client.")
+    max_wait_ms: float = Field(description="How long the oldest waiting client has waited.")
+
+
 class HealthMetrics(_Frozen):
     """`null` where the engine has no such figure (S3 connections, Redis storage allocation)
     or where the last check could not read it."""
@@ -54,6 +66,10 @@ class HealthMetrics(_Frozen):
     )
     replication: list[ReplicaState] | None = Field(
         None, description="PostgreSQL: the read replicas, read from the primary at each check."
+    )
+    pooler: PoolerFigures | None = Field(
+        None,
+        description="PostgreSQL: the pooler's figures (null: no pooler, or it did not answer).",
     )
 
 

@@ -26,13 +26,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from temps_shared.engines import ServiceNotReadyError, postgres_replication
+from temps_shared.engines import ServiceNotReadyError, pgbouncer_stats, postgres_replication
 from temps_shared.engines.base import Endpoints
 from temps_shared.engines.postgres import connect as postgres_connect
 from temps_shared.engines.postgres_monitoring import MONITOR_ROLE
 from temps_shared.engines.redis_acl import MONITOR_USER
 from temps_shared.engines.s3_buckets import endpoint_url, s3_client
-from temps_shared.health import ReplicaState, SlowQuery
+from temps_shared.health import PoolerFigures, ReplicaState, SlowQuery
 
 from temps_monitor.context import Monitor
 from temps_monitor.wal_collection import collect_wal_facts
@@ -74,6 +74,8 @@ class ProbeOutcome:
     slow_queries: list[SlowQuery] | None = None
     wal: WalFacts | None = None
     replication: list[ReplicaState] | None = None
+    pooler: PoolerFigures | None = None
+    pooler_error: str | None = None  # the pooler did not answer (the service is degraded)
     notes: list[str] = field(default_factory=list)  # figures that could not be read
 
 
@@ -215,6 +217,23 @@ async def probe_postgres(
     finally:
         await conn.close(timeout=1)
     return outcome
+
+
+async def probe_pooler(
+    m: Monitor, endpoint: tuple[str, int], credentials: dict[str, str], budget: Budget
+) -> tuple[PoolerFigures | None, str | None]:
+    """The pooler's `SHOW POOLS` figures, or None and why it did not answer."""
+    try:
+        figures = await budget.run(pgbouncer_stats.pool_figures(endpoint, credentials, m.ca_pem))
+    except (
+        OSError,
+        TimeoutError,
+        EOFError,  # asyncio.IncompleteReadError: the pooler closed the connection
+        pgbouncer_stats.ConsoleQueryError,
+        ValueError,
+    ) as exc:
+        return None, _describe(exc)
+    return PoolerFigures(**vars(figures)), None
 
 
 async def _tcp_connect(host: str, port: int) -> None:

@@ -9,12 +9,13 @@ projectors turn the events into the read models.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from uuid import UUID
 
 from temps_shared.bus.publish import publish_event
-from temps_shared.engines import ENGINES
+from temps_shared.engines import ENGINES, pgbouncer
 from temps_shared.engines.base import dial_endpoints
 from temps_shared.engines.postgres import PostgresParameters
 from temps_shared.health import HealthMetrics, PostgresWalHealth
@@ -102,7 +103,26 @@ async def _engine_probe(m: Monitor, target: Target, container: str) -> ProbeOutc
     credentials = service.credentials(m.keyring)
     budget = Budget(m.settings.monitor_probe_timeout_s)
     if service.service_type == "postgres":
-        return await engine_probes.probe_postgres(m, endpoints, credentials, budget)
+        if pgbouncer.PORT_NAME not in target.local_ports:  # no pooler (yet)
+            return await engine_probes.probe_postgres(m, endpoints, credentials, budget)
+        pooler_endpoint = dial_endpoints(
+            m.settings.service_addressing,
+            {pgbouncer.PORT_NAME: pgbouncer.PORT},
+            pgbouncer.container(service),
+            target.local_ports,
+        )[pgbouncer.PORT_NAME]
+        # Side by side, each with its own bound: a slow server does not starve the pooler's
+        # check, nor the other way round.
+        outcome, (figures, pooler_error) = await asyncio.gather(
+            engine_probes.probe_postgres(m, endpoints, credentials, budget),
+            engine_probes.probe_pooler(
+                m, pooler_endpoint, credentials, Budget(m.settings.monitor_probe_timeout_s)
+            ),
+        )
+        outcome.pooler, outcome.pooler_error = figures, pooler_error
+        if pooler_error is not None:
+            outcome.notes.append(f"pooler not answering: {pooler_error}")
+        return outcome
     if service.service_type == "redis":
         return await engine_probes.probe_redis(
             m, endpoints, credentials, container, DATA_MOUNT, budget
@@ -152,6 +172,7 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
         storage_allocated=allocated,
         wal_warnings=wal.warnings if wal else (),
         replicas_down=replicas_down,
+        pooler_down=outcome.pooler_error is not None,
     )
     checked = HealthChecked(
         service_id=service.id,
@@ -166,6 +187,7 @@ async def probe_service(m: Monitor, service_id: UUID) -> HealthChecked | None:
             storage_allocated_bytes=allocated,
             slow_queries=outcome.slow_queries,
             replication=outcome.replication,
+            pooler=outcome.pooler,
         ),
         generation=service.generation,
         monitor=m.settings.monitor_instance_id,

@@ -2,8 +2,10 @@
 
 - A service whose container does not run, or which does not answer, is `down`.
 - One that answers is `degraded` when its storage is ≥ 90 % of the allocation, PostgreSQL
-  reports WAL warnings, or a read replica does not run (the reason names each), otherwise
-  `operational`. WAL warnings therefore
+  reports WAL warnings, a read replica does not run, or PostgreSQL's pooler does not answer
+  its admin console (the reason names each), otherwise `operational`. A dead pooler is not
+  `down`: the server still answers on its direct endpoint, but the pooled URL applications use
+  (`DATABASE_URL`) fails, so the service cannot be `operational` either. WAL warnings therefore
   never touch a service that is `down`: they are only read from a server that answers.
 - The monitor moves a service only between `operational`, `degraded` and `down`: `stopped`,
   `provisioning`, `deleting` and `failed` belong to the provisioner and the user.
@@ -25,6 +27,7 @@ from temps_shared.messages import MONITOR_OWNED, ServiceStatus
 STORAGE_DEGRADED_PERCENT = 90
 STORAGE_REASON = "storage: 90% or more of the allocation is used"
 WAL_REASON = "WAL health"
+POOLER_REASON = "pooler not answering"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ def judge(
     storage_allocated: int | None = None,
     wal_warnings: Sequence[WalWarning] = (),
     replicas_down: Sequence[str] = (),
+    pooler_down: bool = False,
 ) -> Verdict:
     """The verdict of one probe. `container_status` is Docker's state (None: no container)."""
     if container_status != "running":
@@ -54,6 +58,8 @@ def judge(
     if probe_error is not None:
         return Verdict(ServiceStatus.DOWN, "the service does not answer the health probe")
     reasons = []
+    if pooler_down:
+        reasons.append(POOLER_REASON)
     if replicas_down:
         reasons.append(f"read replica not running: {', '.join(replicas_down)}")
     if storage_exhausted(storage_used, storage_allocated):
