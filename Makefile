@@ -59,3 +59,12 @@ BENCH_BACKUP_ARGS ?= --sizes 256,1024 --rounds 2
 .PHONY: bench-backup
 bench-backup: images  ## backup throughput against pg_dump | zstd | S3 put, worker peak memory
 	$(BIN)/python bench/backup_throughput.py $(BENCH_BACKUP_ARGS)
+
+# Pooler overhead (issue 13): SELECT 1 throughput and p99 through PgBouncer against the direct
+# endpoint in the same run, and the pooled client's longest wait during a memory change against
+# the direct endpoint's refusal window. Starts its own parts (no `make up`); e.g.
+# make bench-pooler BENCH_POOLER_ARGS="--clients 8 --seconds 10 --json /tmp/pooler.json"
+BENCH_POOLER_ARGS ?= --clients 16 --seconds 20 --rounds 2
+.PHONY: bench-pooler
+bench-pooler: images  ## pooled vs direct PostgreSQL: throughput, p99, longest wait in a restart
+	$(BIN)/python bench/pooler_overhead.py $(BENCH_POOLER_ARGS)
