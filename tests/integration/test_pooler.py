@@ -10,7 +10,6 @@ import contextlib
 import json
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -18,6 +17,7 @@ import docker
 import httpx
 import pytest
 
+from tests.integration.client_loops import Loop
 from tests.support import RUN_PREFIX as P
 from tests.support import (
     credentials,
@@ -28,7 +28,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-TICK_S = 0.02  # one small transaction every 20 ms
 
 
 async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
@@ -158,41 +157,6 @@ async def test_pooled_url_serves_the_link_user_with_prepared_statements(
     )
     with pytest.raises((asyncpg.PostgresError, OSError)):
         await asyncpg.connect(admin_pooled, ssl=pooled["ssl"], timeout=10)
-
-
-@dataclass
-class Loop:
-    """One small transaction every TICK_S on one client connection (reconnecting on error)."""
-
-    url: str
-    context: ssl.SSLContext
-    label: str
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    longest_s: float = 0.0
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        conn: asyncpg.Connection | None = None
-        n = 0
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                if conn is None:
-                    conn = await asyncpg.connect(self.url, ssl=self.context, timeout=10)
-                async with conn.transaction():
-                    await conn.execute("INSERT INTO ticks VALUES ($1, now())", n)
-                self.ok += 1
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                if conn is not None:
-                    conn.terminate()
-                    conn = None
-            self.longest_s = max(self.longest_s, time.monotonic() - started)
-            n += 1
-            await asyncio.sleep(TICK_S)
-        if conn is not None:
-            await conn.close()
 
 
 async def _memory_change(api: httpx.AsyncClient, service_id: str, memory_mb: int) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncpg
 
 from temps_shared.engines.postgres_monitoring import MONITOR_ROLE
-from temps_shared.engines.scram import password_clause
+from temps_shared.engines.scram import password_clause, verifies
 from temps_shared.links import LinkGrant
 
 
@@ -55,12 +55,20 @@ async def apply_grant(conn: asyncpg.Connection, grant: LinkGrant) -> None:
                 grant.username,
             )
         return
-    verb = "ALTER" if await _role_exists(conn, grant.username) else "CREATE"
+    exists = await _role_exists(conn, grant.username)
+    verb = "ALTER" if exists else "CREATE"
+    stored = (
+        await conn.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", grant.username)
+        if exists
+        else None
+    )
     # Changing the password does not end open sessions: rotation keeps connections alive.
-    # Sent as a SCRAM verifier: no statistics view or log ever holds the password.
+    # Sent as a SCRAM verifier: no statistics view or log ever holds the password. A verifier
+    # that already matches is kept (a new salt would fail the pooler's next server login for
+    # the clients it holds).
+    password = "" if verifies(stored, grant.password) else f" {password_clause(grant.password)}"
     await conn.execute(
-        f"{verb} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-        f" {password_clause(grant.password)}"
+        f"{verb} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
     )
     if not await _database_exists(conn, grant.resource):
         await conn.execute(f"CREATE DATABASE {database} OWNER {role}")

@@ -42,6 +42,22 @@ def scram_sha256_verifier(
     return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
 
 
+def verifies(verifier: str | None, password: str) -> bool:
+    """Whether `verifier` (as stored in `pg_authid.rolpassword`) is `password`'s, under its own
+    salt and iterations. Keeping a matching verifier matters: PgBouncer logs in to the server
+    with the SCRAM keys it took from a client's login, which hold only while the salt stays."""
+    try:
+        method, rest = (verifier or "").split("$", 1)
+        head, _keys = rest.split("$", 1)
+        iterations, salt = head.split(":", 1)
+        again = scram_sha256_verifier(
+            password, salt=base64.b64decode(salt, validate=True), iterations=int(iterations)
+        )
+    except ValueError:  # not a SCRAM verifier (md5, none) or not a password we can hash
+        return False
+    return method == "SCRAM-SHA-256" and hmac.compare_digest(again, verifier or "")
+
+
 def password_clause(password: str) -> str:
     """`PASSWORD '<verifier>'` for role DDL (which takes no bind parameters). The verifier is
     base64, `$` and `:` only: nothing to quote."""
