@@ -66,6 +66,7 @@ TARGET_P99_ADDED_MS = 1.5
 TARGET_WAIT_MARGIN_S = 1.0
 CONNECT_TIMEOUT_S = 5.0
 CHANGE_TIMEOUT_S = 180.0
+WARMUP_S = 3.0
 
 
 @dataclass
@@ -338,11 +339,30 @@ async def memory_change(
     }
 
 
+async def unlink_and_delete(api: httpx.AsyncClient, linked: dict[str, Any]) -> None:
+    """A linked service cannot be deleted (409): the link goes first, then both."""
+    service_id, project_id = linked["service"]["id"], linked["project_id"]
+    await api.delete(f"/api/external-services/{service_id}/projects/{project_id}")
+
+    async def unlinked() -> bool:
+        links = (await api.get(f"/api/external-services/{service_id}/projects")).json()
+        return not any(x["project_id"] == project_id and x["status"] == "active" for x in links)
+
+    with contextlib.suppress(AssertionError):  # bounded; the delete's answer tells the rest
+        await eventually(unlinked, 60, "the link to be removed")
+    await delete_service(api, service_id)
+    with contextlib.suppress(httpx.HTTPError):
+        await api.delete(f"/api/projects/{project_id}")
+
+
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with running_platform(work) as platform, platform.client() as api:
         linked = await linked_service(api, args.memory_mb)
         try:
             rounds: dict[str, list[Phase]] = {"direct": [], "pooled": []}
+            # Warm-up, not counted: server connections opened, caches filled.
+            for label in ("direct", "pooled"):
+                await load(label, linked[label], linked["ssl"], args.clients, WARMUP_S)
             for _ in range(args.rounds):
                 for label in ("direct", "pooled"):
                     phase = await load(
@@ -359,9 +379,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 print(f"memory change: {exc}", file=sys.stderr)
                 change = None
         finally:
-            await delete_service(api, linked["service"]["id"])
-            with contextlib.suppress(httpx.HTTPError):
-                await api.delete(f"/api/projects/{linked['project_id']}")
+            await unlink_and_delete(api, linked)
     direct, pooled = merged(rounds["direct"]), merged(rounds["pooled"])
     ratio = pooled.qps / direct.qps
     added_ms = pooled.p99_ms - direct.p99_ms
