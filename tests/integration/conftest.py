@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import docker
 import httpx
 import pytest
@@ -38,6 +40,7 @@ from tests.support import (
     docker_for_tests,
     eventually,
     free_port,
+    remove_test_services,
 )
 
 
@@ -211,6 +214,23 @@ async def platform(
     yield running
     with contextlib.suppress(asyncio.CancelledError):
         await running.stop()
+    await _forget_services(base_env["TEMPS_DATABASE_URL"], docker_client)
+
+
+async def _forget_services(database_url: str, client: docker.DockerClient) -> None:
+    """A module's services go with it: purged in the control plane (later modules' monitors
+    and workers leave them alone) and their containers and volumes removed (idle databases,
+    replicas and poolers of earlier modules would otherwise slow every later one down)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE services SET purged = true, desired_state = 'deleted' WHERE NOT purged"
+        )
+    finally:
+        await conn.close()
+    await asyncio.to_thread(
+        remove_test_services, client, re.compile(rf"^temps-[a-z0-9]+-{re.escape(RUN_PREFIX)}")
+    )
 
 
 @pytest.fixture(scope="module")

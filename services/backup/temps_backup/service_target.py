@@ -3,6 +3,8 @@ container, and the store its backup lives in."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -21,9 +23,12 @@ from temps_shared.store.services import ServiceRecord, get_service
 from temps_backup.context import BackupWorker
 
 # A restore into a service still being provisioned (restored as a new service, or onto a fresh
-# installation) waits for it without holding the worker: redelivered this much later, up to the
-# consumer's max_deliver (5) — about ten minutes in all.
-PROVISIONING_RETRY_S = 150.0
+# installation) waits for it: up to PROVISIONING_WAIT_S in the handler (heartbeating, so the
+# restore starts as soon as the service is up), then redelivered PROVISIONING_RETRY_S later, up
+# to the consumer's max_deliver (5) — about twelve minutes in all.
+PROVISIONING_WAIT_S = 120.0
+PROVISIONING_POLL_S = 2.0
+PROVISIONING_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ async def resolve(
 
     `restoring`: the backup may be another service's (a restore as a new service; the caller
     checks the engines match), and a service still provisioning is waited for."""
+    if restoring:
+        await _wait_while_provisioning(w, service_id)
     async with w.pool.acquire() as conn:
         backup = await get_backup(conn, backup_id)
         service = await get_service(conn, service_id)
@@ -94,3 +101,16 @@ async def resolve(
     assert destination is not None
     store = w.store if destination.id is None else BackupStore(destination)
     return Target(service, backup, engine, handle, store)
+
+
+async def _wait_while_provisioning(w: BackupWorker, service_id: UUID) -> None:
+    """Return once the service is no longer provisioning, or after PROVISIONING_WAIT_S (the
+    caller then sees the status and asks for a redelivery)."""
+    deadline = time.monotonic() + PROVISIONING_WAIT_S
+    while time.monotonic() < deadline:
+        status = await w.pool.fetchval(
+            "SELECT status FROM service_status WHERE service_id = $1", service_id
+        )
+        if status not in (None, "provisioning"):
+            return
+        await asyncio.sleep(PROVISIONING_POLL_S)
