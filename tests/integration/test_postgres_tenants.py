@@ -237,7 +237,8 @@ async def test_no_password_in_statistics_logs_or_inspect_after_create_link_and_r
         await _converge(
             api, sid, await api.patch(sid_path(sid), json={"parameters": {"replicas": 1}})
         )
-        assert len(await _containers(docker_client, sid)) == 2
+        roles = {c.labels.get("io.temps.role") for c in await _containers(docker_client, sid)}
+        assert roles == {"primary", "replica-1", "pooler"}  # every one searched for secrets
     assert await _leaks(api, docker_client, tenant) == []  # after create and link
     response = await api.post(f"{sid_path(sid)}/rotate-credentials")
     await _converge(api, sid, response)
@@ -258,7 +259,8 @@ async def test_no_password_in_statistics_logs_or_inspect_after_create_link_and_r
         await _converge(
             api, sid, await api.patch(sid_path(sid), json={"parameters": {"replicas": 0}})
         )
-        assert len(await _containers(docker_client, sid)) == 1
+        roles = {c.labels.get("io.temps.role") for c in await _containers(docker_client, sid)}
+        assert roles == {"primary", "pooler"}
 
 
 def sid_path(service_id: str) -> str:
