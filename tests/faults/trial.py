@@ -400,6 +400,8 @@ class Trial:
             return f"API: {exc!r}"
         containers, volumes = await asyncio.to_thread(self.docker_state, svc.id)
         expected = [f"temps-{svc.kind}-{svc.name}"]
+        if svc.kind == "postgres":  # every PostgreSQL service has its pooler
+            expected.append(f"temps-{svc.kind}-{svc.name}-pooler")
         if svc.desired == "deleted":
             if response.status_code != 404:
                 return f"still there: {response.status_code} {response.text[:200]}"
