@@ -233,28 +233,31 @@ async def test_retention_keeps_restoring_imported_and_newest_backups(
     await _patch(api, service, enabled=False, retention_days=2)
     plain, restoring, imported, newest = [await _backup(api, service) for _ in range(4)]
     old = timedelta(days=30)
-    for backup_id in (plain, restoring, imported, newest):
-        registered = timedelta(0) if backup_id == imported else old
+    # One transaction: the scheduler must never see the times moved without the restore mark
+    # or the earlier backups still newer (it would rightly delete `restoring` or `newest`).
+    async with db.transaction():
+        for backup_id in (plain, restoring, imported, newest):
+            registered = timedelta(0) if backup_id == imported else old
+            await db.execute(
+                "UPDATE backups SET requested_at = requested_at - $2::interval,"
+                " started_at = started_at - $2::interval, finished_at = finished_at - $2::interval,"
+                " registered_at = registered_at - $3::interval WHERE backup_id = $1",
+                UUID(backup_id),
+                old,
+                registered,
+            )
+        # Earlier tests' backups end before these (kept: registered recently).
         await db.execute(
-            "UPDATE backups SET requested_at = requested_at - $2::interval,"
-            " started_at = started_at - $2::interval, finished_at = finished_at - $2::interval,"
-            " registered_at = registered_at - $3::interval WHERE backup_id = $1",
-            UUID(backup_id),
-            old,
-            registered,
+            "UPDATE backups SET finished_at = finished_at - interval '60 days'"
+            " WHERE service_id = $1 AND NOT backup_id = ANY($2::uuid[])",
+            UUID(service),
+            [UUID(b) for b in (plain, restoring, imported, newest)],
         )
-    # Earlier tests' backups end before these (kept: registered recently).
-    await db.execute(
-        "UPDATE backups SET finished_at = finished_at - interval '60 days'"
-        " WHERE service_id = $1 AND NOT backup_id = ANY($2::uuid[])",
-        UUID(service),
-        [UUID(b) for b in (plain, restoring, imported, newest)],
-    )
-    await db.execute(
-        "UPDATE backups SET restore_id = $2, restore_state = 'requested' WHERE backup_id = $1",
-        UUID(restoring),
-        uuid4(),
-    )
+        await db.execute(
+            "UPDATE backups SET restore_id = $2, restore_state = 'requested' WHERE backup_id = $1",
+            UUID(restoring),
+            uuid4(),
+        )
     await eventually(lambda: _gone(db, plain), 30, "the plain expired backup to be deleted")
     await asyncio.sleep(2 * harness.settings.backup_scheduler_period_s + 0.5)
     for backup_id in (restoring, imported, newest):
