@@ -10,11 +10,13 @@ import contextlib
 import json
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import docker
 import httpx
+import psycopg
 import pytest
 
 from tests.integration.client_loops import Loop
@@ -157,6 +159,41 @@ async def test_pooled_url_serves_the_link_user_with_prepared_statements(
     )
     with pytest.raises((asyncpg.PostgresError, OSError)):
         await asyncpg.connect(admin_pooled, ssl=pooled["ssl"], timeout=10)
+
+
+async def test_pooled_url_serves_psycopg3_prepared_statements(
+    pooled: dict[str, Any], tmp_path: Path
+) -> None:
+    """psycopg 3 names its server-side statements `_pg3_0`, `_pg3_1`, … per connection: two
+    clients preparing different queries under the same names, on few server connections, must
+    each get their own (PgBouncer renames them per server connection)."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text(pooled["variables"]["TEMPS_CA_CERT"])
+    url = f"{pooled['pooled']}?sslmode=verify-full&sslrootcert={ca}"
+    connections = [
+        await psycopg.AsyncConnection.connect(url, prepare_threshold=0, autocommit=True)
+        for _ in range(6)
+    ]
+    try:
+
+        async def work(conn: psycopg.AsyncConnection[Any], k: int) -> None:
+            # A different first query per client: each is prepared as `_pg3_0` on its connection.
+            query = f"SELECT %s::int * {k}" if k % 2 else f"SELECT %s::int + {k}"
+            for n in range(20):
+                cur = await conn.execute(query, (n,), prepare=True)
+                assert await cur.fetchone() == ((n * k) if k % 2 else (n + k),)
+                async with conn.transaction():  # one server connection for the block
+                    cur = await conn.execute(query, (n,), prepare=True)
+                    assert await cur.fetchone() == ((n * k) if k % 2 else (n + k),)
+                    # Prepared on the server (under PgBouncer's own name), not sent as text.
+                    cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+                    statements = [row[0] for row in await cur.fetchall()]
+                    assert query.replace("%s", "$1") in statements, statements
+
+        await asyncio.gather(*(work(c, k) for k, c in enumerate(connections)))
+    finally:
+        for conn in connections:
+            await conn.close()
 
 
 async def _memory_change(api: httpx.AsyncClient, service_id: str, memory_mb: int) -> float:
