@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import docker
 import httpx
+import pytest
 from temps_backup.settings import BackupSettings
 from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
 from testcontainers.community.postgres import PostgresContainer
 
-from tests.integration.backup_store import SeaweedStore, running_backup_worker
-from tests.integration.conftest import Platform
+from tests.integration.backup_store import SeaweedStore, running_backup_worker, seaweedfs_store
+from tests.integration.conftest import Platform, forget_services
 from tests.support import RUN_PORT_BASE, TEST_LABEL, eventually, free_port, wait_status
 
 BUCKET = "temps-backups"
@@ -50,6 +52,24 @@ async def running_platform(env: dict[str, str]) -> AsyncIterator[Platform]:
     finally:
         with contextlib.suppress(asyncio.CancelledError):
             await platform.stop()
+
+
+@pytest.fixture(scope="module", name="store")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedStore]:
+    """A module's own backup store (import with `platform_with_store` to use it)."""
+    with seaweedfs_store(tmp_path_factory.mktemp("backup-store")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", name="platform")
+async def platform_with_store(
+    base_env: dict[str, str], docker_client: docker.DockerClient, store: SeaweedStore
+) -> AsyncIterator[Platform]:
+    """The `platform` fixture with a backup worker and the module's store; the module's
+    services go with it, as with conftest's."""
+    async with running_platform({**base_env, **store_env(store)}) as running:
+        yield running
+    await forget_services(base_env["TEMPS_DATABASE_URL"], docker_client)
 
 
 async def create_service(api: httpx.AsyncClient, name: str, service_type: str, **extra: Any) -> str:

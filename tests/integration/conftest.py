@@ -31,6 +31,8 @@ from temps_provisioner.settings import ProvisionerSettings
 from temps_shared.bus.connect import connect_nats
 from temps_shared.bus.credentials import ServerLayout, ensure_bus_files, server_dir
 from temps_shared.messages import Role
+from temps_shared.store.migrations import apply_migrations
+from temps_shared.store.pool import create_pool
 from testcontainers.community.postgres import PostgresContainer
 
 from tests.support import (
@@ -214,10 +216,10 @@ async def platform(
     yield running
     with contextlib.suppress(asyncio.CancelledError):
         await running.stop()
-    await _forget_services(base_env["TEMPS_DATABASE_URL"], docker_client)
+    await forget_services(base_env["TEMPS_DATABASE_URL"], docker_client)
 
 
-async def _forget_services(database_url: str, client: docker.DockerClient) -> None:
+async def forget_services(database_url: str, client: docker.DockerClient) -> None:
     """A module's services go with it: purged in the control plane (later modules' monitors
     and workers leave them alone) and their containers and volumes removed (idle databases,
     replicas and poolers of earlier modules would otherwise slow every later one down)."""
@@ -231,6 +233,22 @@ async def _forget_services(database_url: str, client: docker.DockerClient) -> No
     await asyncio.to_thread(
         remove_test_services, client, re.compile(rf"^temps-[a-z0-9]+-{re.escape(RUN_PREFIX)}")
     )
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[Any]:
+    """A control-plane connection inside a transaction rolled back at the end: tests of the
+    projections' SQL on rows never committed."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    await apply_migrations(pool)
+    async with pool.acquire() as connection:
+        tx = connection.transaction()
+        await tx.start()
+        try:
+            yield connection
+        finally:
+            await tx.rollback()
+    await pool.close()
 
 
 @pytest.fixture(scope="module")

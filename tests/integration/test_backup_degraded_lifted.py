@@ -6,9 +6,7 @@ committed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,26 +17,10 @@ from temps_api.health_projection import (
     reevaluate_verification,
 )
 from temps_shared.messages import BackupDeleted, RestoreCompleted, utcnow
-from temps_shared.store.migrations import apply_migrations
-from temps_shared.store.pool import create_pool
 
 from tests.support import RUN_PREFIX as P
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[Any]:
-    pool = await create_pool(database_url, min_size=1, max_size=1)
-    await apply_migrations(pool)
-    async with pool.acquire() as connection:
-        tx = connection.transaction()
-        await tx.start()
-        try:
-            yield connection
-        finally:
-            await tx.rollback()
-    await pool.close()
 
 
 async def _degraded_service(conn: asyncpg.Connection) -> tuple[UUID, UUID]:

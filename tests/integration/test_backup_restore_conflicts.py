@@ -5,35 +5,17 @@ on the real control-plane database, on rows never committed (no worker ever sees
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 from temps_api.errors import ApiError
 from temps_api.routes.backups import _refuse_conflicting_restore
-from temps_shared.store.migrations import apply_migrations
-from temps_shared.store.pool import create_pool
 from temps_shared.store.services import ServiceRecord, get_service
 
 from tests.support import RUN_PREFIX as P
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[Any]:
-    pool = await create_pool(database_url, min_size=1, max_size=1)
-    await apply_migrations(pool)
-    async with pool.acquire() as connection:
-        tx = connection.transaction()
-        await tx.start()
-        try:
-            yield connection
-        finally:
-            await tx.rollback()
-    await pool.close()
 
 
 async def _service(conn: asyncpg.Connection, desired_state: str) -> ServiceRecord:

@@ -5,40 +5,23 @@ NATS, PostgreSQL, Docker, SeaweedFS."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
-import docker
 import httpx
 import pytest
 
-from tests.integration.backup_platform import (
+from tests.integration.backup_platform import (  # noqa: F401  (the module's fixtures)
     create_service,
+    module_store,
     pg_connect,
+    platform_with_store,
     restore_ended,
     running_platform,
     store_env,
     take_backup,
 )
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
-from tests.integration.conftest import Platform
 from tests.support import RUN_PREFIX as P
 from tests.support import credentials, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedStore]:
-    with seaweedfs_store(tmp_path_factory.mktemp("backup-store")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def platform(
-    base_env: dict[str, str], docker_client: docker.DockerClient, store: SeaweedStore
-) -> AsyncIterator[Platform]:
-    async with running_platform({**base_env, **store_env(store)}) as running:
-        yield running
 
 
 async def test_a_backup_restored_as_a_new_service_brings_the_old_data(

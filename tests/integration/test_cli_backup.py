@@ -10,44 +10,30 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import docker
 import httpx
 import pytest
 
-from tests.integration.backup_platform import (
+from tests.integration.backup_platform import (  # noqa: F401  (the module's fixtures)
     BUCKET,
     create_service,
     fresh_control_plane,
+    module_store,
     pg_connect,
+    platform_with_store,
     running_platform,
     store_env,
 )
-from tests.integration.backup_store import SeaweedStore, seaweedfs_store
+from tests.integration.backup_store import SeaweedStore
 from tests.integration.conftest import Platform, admin_token
 from tests.support import RUN_PREFIX as P
 from tests.support import credentials, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TEMPS = str(Path(sys.executable).parent / "temps")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedStore]:
-    with seaweedfs_store(tmp_path_factory.mktemp("backup-store")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def platform(
-    base_env: dict[str, str], docker_client: docker.DockerClient, store: SeaweedStore
-) -> AsyncIterator[Platform]:
-    async with running_platform({**base_env, **store_env(store)}) as running:
-        yield running
 
 
 async def temps(
