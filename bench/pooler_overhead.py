@@ -51,13 +51,12 @@ from backup_throughput import (  # noqa: E402  (bench/, this script's directory)
     control_plane_database,
     delete_service,
     nats_server,
-    wait_status,
 )
 
 from tests.integration.client_loops import TICK_S, Loop  # noqa: E402
 from tests.integration.conftest import Platform  # noqa: E402
-from tests.integration.test_pooler import _loopback  # noqa: E402
-from tests.support import RUN_PORT_RANGE, eventually, revealed_variables  # noqa: E402
+from tests.integration.pooled_service import linked_postgres  # noqa: E402
+from tests.support import RUN_PORT_RANGE, eventually  # noqa: E402
 
 RUN = uuid.uuid4().hex[:4]
 NAME = f"bench-{RUN}-pool"
@@ -212,50 +211,6 @@ async def running_platform(work: Path) -> AsyncIterator[Platform]:
                 await platform.stop()
 
 
-async def linked_service(api: httpx.AsyncClient, memory_mb: int) -> dict[str, Any]:
-    """A PostgreSQL service and a project linked to it: the link user's pooled and direct
-    loopback URLs, as `temps run` rewrites them."""
-    response = await api.post(
-        "/api/external-services",
-        json={
-            "name": NAME,
-            "service_type": "postgres",
-            "version": "15",
-            "parameters": {"replicas": 0, "memory_mb": memory_mb},
-        },
-    )
-    if response.status_code != 202:
-        raise SystemExit(f"create: {response.status_code} {response.text}")
-    service_id = response.json()["id"]
-    await wait_status(api, service_id, "operational")
-    service = (await api.get(f"/api/external-services/{service_id}")).json()
-    project = await api.post("/api/projects", json={"name": f"bench-{RUN}-app"})
-    if project.status_code != 201:
-        raise SystemExit(f"project: {project.status_code} {project.text}")
-    project_id = project.json()["id"]
-    response = await api.post(
-        f"/api/external-services/{service_id}/projects",
-        json={"project_id": project_id, "environment": "production"},
-    )
-    if response.status_code != 202:
-        raise SystemExit(f"link: {response.status_code} {response.text}")
-
-    async def active() -> bool:
-        links = (await api.get(f"/api/external-services/{service_id}/projects")).json()
-        return any(x["project_id"] == project_id and x["status"] == "active" for x in links)
-
-    await eventually(active, 60, "the link to be active")
-    variables = await revealed_variables(api, project_id)
-    info = service["connection_info"]
-    return {
-        "service": service,
-        "project_id": project_id,
-        "pooled": _loopback(variables["DATABASE_URL"], info["pooler"]),
-        "direct": _loopback(variables["DATABASE_DIRECT_URL"], info),
-        "ssl": ssl.create_default_context(cadata=variables["TEMPS_CA_CERT"]),
-    }
-
-
 async def stalls(loop: Loop, every_s: float = 0.005) -> float:
     """The longest time the loop went without completing a transaction (minus its own sleep):
     a client stuck in a transaction that never returns is measured too."""
@@ -357,7 +312,7 @@ async def unlink_and_delete(api: httpx.AsyncClient, linked: dict[str, Any]) -> N
 
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with running_platform(work) as platform, platform.client() as api:
-        linked = await linked_service(api, args.memory_mb)
+        linked = await linked_postgres(api, NAME, f"bench-{RUN}-app", memory_mb=args.memory_mb)
         try:
             rounds: dict[str, list[Phase]] = {"direct": [], "pooled": []}
             # Warm-up, not counted: server connections opened, caches filled.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,8 +22,9 @@ from temps_shared.store.services import get_service
 
 from tests.integration.conftest import Platform
 from tests.integration.monitoring import health, wait_for_status
+from tests.integration.pooled_service import linked_postgres
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, revealed_variables, wait_status
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CYCLE = 2.0
@@ -43,34 +43,9 @@ async def service(
     api: httpx.AsyncClient, monitor: MonitorSettings, database_url: str, data_dir: Path
 ) -> dict[str, Any]:
     """A PostgreSQL service with one link: the pooled URL (loopback), TLS, the admin console."""
-    response = await api.post(
-        "/api/external-services",
-        json={
-            "name": f"{P}mpool",
-            "service_type": "postgres",
-            "parameters": {"replicas": 0, "storage_gb": 65536},
-        },
-    )
-    assert response.status_code == 202, response.text
-    body = await wait_status(api, response.json()["id"], "operational", timeout_s=180)
-    project = await api.post("/api/projects", json={"name": f"{P}mpoolapp"})
-    assert project.status_code == 201, project.text
-    project_id = project.json()["id"]
-    linked = await api.post(
-        f"/api/external-services/{body['id']}/projects",
-        json={"project_id": project_id, "environment": "production"},
-    )
-    assert linked.status_code == 202, linked.text
-
-    async def active() -> bool:
-        links = (await api.get(f"/api/external-services/{body['id']}/projects")).json()
-        return any(x["project_id"] == project_id and x["status"] == "active" for x in links)
-
-    await eventually(active, 60, "the link to be active")
-    variables = await revealed_variables(api, project_id)
+    linked = await linked_postgres(api, f"{P}mpool", f"{P}mpoolapp", storage_gb=65536)
+    body, variables = linked["service"], linked["variables"]
     pooler = body["connection_info"]["pooler"]
-    private = f"@{pooler['host']}:{pooler['port']}/"
-    assert private in variables["DATABASE_URL"]
     control = await asyncpg.connect(database_url)
     try:
         record = await get_service(control, UUID(body["id"]))
@@ -81,10 +56,8 @@ async def service(
     return {
         "id": body["id"],
         "pooler": pooler,
-        "url": variables["DATABASE_URL"]
-        .replace(private, f"@127.0.0.1:{pooler['local_port']}/")
-        .split("?")[0],
-        "ssl": ssl.create_default_context(cadata=ca_pem),
+        "url": linked["pooled"],
+        "ssl": linked["ssl"],
         "console": pgbouncer.Console(
             ("127.0.0.1", pooler["local_port"]),
             record.credentials(KeyRing.from_data_dir(data_dir)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,12 @@ import psycopg
 import pytest
 
 from tests.integration.client_loops import Loop
+from tests.integration.pooled_service import linked_postgres
 from tests.support import RUN_PREFIX as P
 from tests.support import (
     credentials,
     eventually,
-    revealed_variables,
     service_containers,
-    wait_status,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -43,52 +41,11 @@ async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
     return await eventually(probe, 180, f"{service_id} to converge")
 
 
-def _loopback(url: str, endpoint: dict[str, Any]) -> str:
-    """What `temps run` does: the private host:port becomes its loopback publication."""
-    private = f"@{endpoint['host']}:{endpoint['port']}/"
-    assert private in url, (url, endpoint)
-    return url.replace(private, f"@127.0.0.1:{endpoint['local_port']}/").split("?")[0]
-
-
 @pytest.fixture(scope="module")
 async def pooled(api: httpx.AsyncClient) -> dict[str, Any]:
-    """A service with one link: its record and the link's variables."""
-    response = await api.post(
-        "/api/external-services",
-        json={
-            "name": f"{P}pool",
-            "service_type": "postgres",
-            "version": "15",
-            "parameters": {"replicas": 0, "memory_mb": 256},
-        },
-    )
-    assert response.status_code == 202, response.text
-    service = await wait_status(api, response.json()["id"], "operational", timeout_s=180)
-    project = await api.post("/api/projects", json={"name": f"{P}poolapp"})
-    assert project.status_code == 201, project.text
-    project_id = project.json()["id"]
-    response = await api.post(
-        f"/api/external-services/{service['id']}/projects",
-        json={"project_id": project_id, "environment": "production"},
-    )
-    assert response.status_code == 202, response.text
-
-    async def active() -> bool:
-        links = (await api.get(f"/api/external-services/{service['id']}/projects")).json()
-        return any(x["project_id"] == project_id and x["status"] == "active" for x in links)
-
-    await eventually(active, 60, "the link to be active")
-    info = service["connection_info"]
-    variables = await revealed_variables(api, project_id)
-    return {
-        "service": service,
-        "project_id": project_id,
-        "variables": variables,
-        "pooled": _loopback(variables["DATABASE_URL"], info["pooler"]),
-        "direct": _loopback(variables["DATABASE_DIRECT_URL"], info),
-        "ssl": ssl.create_default_context(cadata=variables["TEMPS_CA_CERT"]),
-        "admin": await credentials(api, service["id"]),
-    }
+    """A service with one link: its record and the link's variables and URLs."""
+    linked = await linked_postgres(api, f"{P}pool", f"{P}poolapp")
+    return {**linked, "admin": await credentials(api, linked["service"]["id"])}
 
 
 async def test_pooler_member_and_urls(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -24,8 +23,9 @@ from temps_shared.engines.postgres import ARCHIVE_CONFIG
 
 from tests.integration.client_loops import Loop
 from tests.integration.conftest import Platform
+from tests.integration.pooled_service import linked_postgres
 from tests.support import RUN_PREFIX as P
-from tests.support import credentials, eventually, revealed_variables, wait_status
+from tests.support import credentials, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NAME = f"{P}poolops"
@@ -84,53 +84,14 @@ async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
     return await eventually(probe, 180, f"{service_id} to converge")
 
 
-def _loopback(url: str, endpoint: dict[str, Any]) -> str:
-    """What `temps run` does: the private host:port becomes its loopback publication."""
-    private = f"@{endpoint['host']}:{endpoint['port']}/"
-    assert private in url, (url, endpoint)
-    return url.replace(private, f"@127.0.0.1:{endpoint['local_port']}/").split("?")[0]
-
-
 @pytest.fixture(scope="module")
 async def pooled(
     api: httpx.AsyncClient, docker_client: docker.DockerClient
 ) -> AsyncIterator[dict[str, Any]]:
     """A PostgreSQL 15 service linked to a project: the pooled and direct URLs of the link."""
-    response = await api.post(
-        "/api/external-services",
-        json={
-            "name": NAME,
-            "service_type": "postgres",
-            "version": "15",
-            "parameters": {"replicas": 0, "memory_mb": 256},
-        },
-    )
-    assert response.status_code == 202, response.text
-    service = await wait_status(api, response.json()["id"], "operational", timeout_s=180)
-    project = await api.post("/api/projects", json={"name": f"{P}poolopsapp"})
-    assert project.status_code == 201, project.text
-    project_id = project.json()["id"]
-    response = await api.post(
-        f"/api/external-services/{service['id']}/projects",
-        json={"project_id": project_id, "environment": "production"},
-    )
-    assert response.status_code == 202, response.text
-
-    async def active() -> bool:
-        links = (await api.get(f"/api/external-services/{service['id']}/projects")).json()
-        return any(x["project_id"] == project_id and x["status"] == "active" for x in links)
-
-    await eventually(active, 60, "the link to be active")
-    info = service["connection_info"]
-    variables = await revealed_variables(api, project_id)
-    context = ssl.create_default_context(cadata=variables["TEMPS_CA_CERT"])
-    urls: dict[str, Any] = {
-        "service": service,
-        "pooled": _loopback(variables["DATABASE_URL"], info["pooler"]),
-        "direct": _loopback(variables["DATABASE_DIRECT_URL"], info),
-        "ssl": context,
-        "admin": await credentials(api, service["id"]),
-    }
+    linked = await linked_postgres(api, NAME, f"{P}poolopsapp")
+    service, project_id, context = linked["service"], linked["project_id"], linked["ssl"]
+    urls: dict[str, Any] = {**linked, "admin": await credentials(api, service["id"])}
     conn = await asyncpg.connect(urls["pooled"], ssl=context)
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS ticks (n int, at timestamptz)")
