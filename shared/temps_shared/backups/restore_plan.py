@@ -12,18 +12,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-import asyncpg
-
 from temps_shared.backups import layout
 from temps_shared.backups.catalog import StoredBackup
-from temps_shared.backups.destination import Destination, destination_secret_aad
+from temps_shared.backups.destination import Destination
 from temps_shared.crypto import KeyRing
 from temps_shared.engines import ENGINES
 from temps_shared.ids import is_valid_service_name
-from temps_shared.messages import ReconcileService, RestoreBackup, ServiceRequested, utcnow
+from temps_shared.messages import RestoreBackup
 from temps_shared.store import outbox
+from temps_shared.store.backup_destinations import insert_destination
 from temps_shared.store.backups import request_restore
-from temps_shared.store.services import ServiceRecord, insert_service, secrets_aad
+from temps_shared.store.service_registration import ServiceNameTaken
+from temps_shared.store.service_registration import register_service as register_new_service
 from temps_shared.store.types import Connection
 
 
@@ -85,42 +85,19 @@ async def register_service(conn: Connection, keyring: KeyRing, new: NewService) 
         )
     if new.engine not in ENGINES:
         raise PlanError("unsupported", f"this installation has no {new.engine} engine")
-    now, service_id = utcnow(), uuid4()
-    record = ServiceRecord(
-        id=service_id,
-        name=new.name,
-        service_type=new.engine,
-        version=new.version,
-        parameters=new.parameters,
-        resources=new.resources,
-        secrets_ciphertext=keyring.encrypt(
-            json.dumps(new.credentials).encode(), secrets_aad(service_id)
-        ),
-        desired_state="running",
-        generation=1,
-        purged=False,
-        created_at=now,
-        updated_at=now,
-    )
     try:
-        async with conn.transaction():  # a savepoint: the conflict leaves the outer intact
-            await insert_service(conn, record)
-    except asyncpg.UniqueViolationError as exc:
-        raise NameTaken(new.name) from exc
-    await outbox.enqueue(
-        conn,
-        ServiceRequested(
-            service_id=service_id,
+        return await register_new_service(
+            conn,
+            keyring,
             name=new.name,
             service_type=new.engine,
             version=new.version,
-            generation=1,
-        ),
-    )
-    await outbox.enqueue(
-        conn, ReconcileService(service_id=service_id, generation=1, reason="create")
-    )
-    return service_id
+            parameters=new.parameters,
+            resources=new.resources,
+            credentials=new.credentials,
+        )
+    except ServiceNameTaken as exc:
+        raise NameTaken(new.name) from exc
 
 
 async def queue_restore(conn: Connection, backup_id: UUID, service_id: UUID) -> UUID:
@@ -146,23 +123,7 @@ async def register_destination(
     )
     if existing is not None:
         return existing
-    destination_id = uuid4()
-    await conn.execute(
-        "INSERT INTO backup_destinations (id, endpoint, bucket, region, access_key_id,"
-        " secret_ciphertext, path_style, ca_pem, active)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false)",
-        destination_id,
-        destination.endpoint,
-        destination.bucket,
-        destination.region,
-        destination.access_key_id,
-        keyring.encrypt(
-            destination.secret_access_key.encode(), destination_secret_aad(destination_id)
-        ),
-        destination.path_style,
-        destination.ca_pem,
-    )
-    return destination_id
+    return (await insert_destination(conn, keyring, destination, active=False)).id
 
 
 async def register_stored_backup(

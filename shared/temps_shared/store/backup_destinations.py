@@ -60,12 +60,20 @@ async def activate_destination(
     """Store `destination` (a new row, secret key encrypted with the master key and bound to
     the row's id) as the active one; the previous active row stays, inactive. Run it in a
     transaction (the lock is held until it ends)."""
-    destination_id = uuid4()
     await deactivate_destinations(conn)
+    return await insert_destination(conn, keyring, destination, active=True)
+
+
+async def insert_destination(
+    conn: Connection, keyring: KeyRing, destination: Destination, *, active: bool
+) -> DestinationRow:
+    """A new row for `destination`, its secret key encrypted with the master key and bound to
+    the row's id."""
+    destination_id = uuid4()
     row = await conn.fetchrow(
         "INSERT INTO backup_destinations (id, endpoint, bucket, region, access_key_id,"
         " secret_ciphertext, path_style, ca_pem, active) VALUES ($1, $2, $3, $4, $5, $6, $7,"
-        f" $8, true) RETURNING {_COLUMNS}",
+        f" $8, $9) RETURNING {_COLUMNS}",
         destination_id,
         destination.endpoint,
         destination.bucket,
@@ -76,6 +84,7 @@ async def activate_destination(
         ),
         destination.path_style,
         destination.ca_pem,
+        active,
     )
     assert row is not None
     return DestinationRow(**dict(row))

@@ -5,27 +5,24 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
-import asyncpg
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import ValidationError
 from temps_shared.engines import ENGINES, default_version, offered_versions
 from temps_shared.messages import (
     ReconcileService,
     ServiceOperationRequested,
-    ServiceRequested,
     ServiceStatus,
-    utcnow,
 )
 from temps_shared.store import outbox
 from temps_shared.store.certificate_authority import installation_ca_certificate
 from temps_shared.store.links import active_links_of_service, link_aad, set_link_secrets
+from temps_shared.store.service_registration import ServiceNameTaken, register_service
 from temps_shared.store.services import (
     ServiceRecord,
     bump_generation,
     get_service,
-    insert_service,
     rotate_secrets,
     secrets_aad,
     set_desired_state,
@@ -117,45 +114,24 @@ async def create_service(
 
     async def work(conn: Connection) -> Answer:
         engine = ENGINES[body.service_type]
-        now, service_id = utcnow(), uuid4()
-        secrets = json.dumps(engine.generate_credentials(body.name)).encode()
-        record = ServiceRecord(
-            id=service_id,
-            name=body.name,
-            service_type=body.service_type,
-            version=version,
-            parameters=parameters,
-            resources=limits.model_dump() if limits else {},
-            secrets_ciphertext=state.keyring.encrypt(secrets, secrets_aad(service_id)),
-            desired_state="running",
-            generation=1,
-            purged=False,
-            created_at=now,
-            updated_at=now,
-        )
         try:
-            async with conn.transaction():  # a savepoint: the conflict leaves the outer intact
-                await insert_service(conn, record)
-        except asyncpg.UniqueViolationError as exc:
+            service_id = await register_service(
+                conn,
+                state.keyring,
+                name=body.name,
+                service_type=body.service_type,
+                version=version,
+                parameters=parameters,
+                resources=limits.model_dump() if limits else {},
+                credentials=engine.generate_credentials(body.name),
+            )
+        except ServiceNameTaken as exc:
             raise ApiError(
                 409,
                 "name_taken",
                 f"name: a service named {body.name!r} exists; choose another",
                 [{"field": "name"}],
             ) from exc
-        await outbox.enqueue(
-            conn,
-            ServiceRequested(
-                service_id=service_id,
-                name=body.name,
-                service_type=body.service_type,
-                version=version,
-                generation=1,
-            ),
-        )
-        await outbox.enqueue(
-            conn, ReconcileService(service_id=service_id, generation=1, reason="create")
-        )
         await record_audit(
             conn,
             principal,
