@@ -44,35 +44,56 @@ class Target:
         return self.handle.container
 
 
-async def resolve(
-    w: BackupWorker, service_id: UUID, backup_id: UUID, *, restoring: bool = False
-) -> Target:
-    """Raises `TerminalError` for what no retry can fix (no such backup or service, an engine
-    without backups), `RetryableError` while the container is not running.
+@dataclass(frozen=True)
+class Catalogued:
+    """A backup as the catalogue knows it, with its service, engine and store."""
 
-    `restoring`: the backup may be another service's (a restore as a new service; the caller
-    checks the engines match), and a service still provisioning is waited for."""
-    if restoring:
-        await _wait_while_provisioning(w, service_id)
+    service: ServiceRecord
+    backup: BackupRow
+    engine: EngineBackup
+    store: BackupStore  # where this backup lives (its destination)
+
+
+async def catalogued(
+    w: BackupWorker, service_id: UUID, backup_id: UUID, *, foreign: bool = False
+) -> Catalogued:
+    """`TerminalError` for what no retry can fix: no such backup (of this service, unless
+    `foreign`), no such service, an engine without backups."""
     async with w.pool.acquire() as conn:
         backup = await get_backup(conn, backup_id)
         service = await get_service(conn, service_id)
-        status: str | None = await conn.fetchval(
-            "SELECT status FROM service_status WHERE service_id = $1", service_id
-        )
-        local_ports = await ports.local_ports(conn, service_id)
         destination = (
             await load_destination(conn, w.keyring, backup.destination_id, w.store.destination)
             if backup is not None
             else None
         )
-    if backup is None or (backup.service_id != service_id and not restoring):
+    if backup is None or destination is None or (backup.service_id != service_id and not foreign):
         raise TerminalError(f"no backup {backup_id} of service {service_id} in the catalogue")
     if service is None or service.purged:
         raise TerminalError(f"service {service_id} no longer exists")
     engine = ENGINE_BACKUPS.get(service.service_type)
     if engine is None:
         raise TerminalError(f"backups of {service.service_type} services are not supported yet")
+    store = w.store if destination.id is None else BackupStore(destination)
+    return Catalogued(service, backup, engine, store)
+
+
+async def resolve(
+    w: BackupWorker, service_id: UUID, backup_id: UUID, *, restoring: bool = False
+) -> Target:
+    """As `catalogued`, and `RetryableError` while the container is not running.
+
+    `restoring`: the backup may be another service's (a restore as a new service; the caller
+    checks the engines match), and a service still provisioning is waited for."""
+    if restoring:
+        await _wait_while_provisioning(w, service_id)
+    found = await catalogued(w, service_id, backup_id, foreign=restoring)
+    service = found.service
+    async with w.pool.acquire() as conn:
+        status: str | None = await conn.fetchval(
+            "SELECT status FROM service_status WHERE service_id = $1", service_id
+        )
+        local_ports = await ports.local_ports(conn, service_id)
     if restoring and status in (None, "provisioning"):
         raise RetryableError(
             f"service {service.name} is still being provisioned", delay_s=PROVISIONING_RETRY_S
@@ -98,9 +119,7 @@ async def resolve(
         identity=w.identity,
         timeout_s=w.settings.backup_exec_timeout_s,
     )
-    assert destination is not None
-    store = w.store if destination.id is None else BackupStore(destination)
-    return Target(service, backup, engine, handle, store)
+    return Target(service, found.backup, found.engine, handle, found.store)
 
 
 async def _wait_while_provisioning(w: BackupWorker, service_id: UUID) -> None:

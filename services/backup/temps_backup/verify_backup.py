@@ -12,23 +12,20 @@ from typing import Any
 
 import docker
 from temps_shared.backups import layout
-from temps_shared.backups.destination import load_destination
-from temps_shared.backups.engines import ENGINE_BACKUPS
 from temps_shared.backups.figures import differences, reason, summary
 from temps_shared.backups.protocol import EngineBackup, Figures, OpenArtifact
-from temps_shared.backups.store import BackupStore
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
 from temps_shared.engines import offered_versions
 from temps_shared.ids import container_name
 from temps_shared.messages import BackupVerificationFailed, BackupVerified, Role, VerifyBackup
 from temps_shared.runtime.container_io import ExecFailed
-from temps_shared.store.backups import get_backup
-from temps_shared.store.services import ServiceRecord, get_service
+from temps_shared.store.services import ServiceRecord
 
 from temps_backup.artifact_fetch import checked_backup
 from temps_backup.context import BackupWorker
 from temps_backup.scratch_service import remove_orphans, scratch_service, when_ready
+from temps_backup.service_target import catalogued
 
 log = logging.getLogger(__name__)
 NOT_VERIFIED = "nothing was verified"
@@ -36,27 +33,13 @@ ORPHAN_AFTER_S = 3600.0
 
 
 async def handle_verify_backup(w: BackupWorker, command: VerifyBackup) -> None:
-    async with w.pool.acquire() as conn:
-        backup = await get_backup(conn, command.backup_id)
-        service = await get_service(conn, command.service_id)
-        destination = (
-            await load_destination(conn, w.keyring, backup.destination_id, w.store.destination)
-            if backup is not None
-            else None
-        )
-    if backup is None or backup.service_id != command.service_id or destination is None:
-        raise TerminalError(f"no backup {command.backup_id} of service {command.service_id}")
-    if service is None or service.purged:
-        raise TerminalError(f"service {command.service_id} no longer exists")
+    found = await catalogued(w, command.service_id, command.backup_id)
+    service, backup, engine, store = found.service, found.backup, found.engine, found.store
     if backup.state in ("requested", "running"):
         # The catalogue learns of the completion from the event this command follows.
         raise RetryableError(f"backup {command.backup_id} is not recorded complete yet", 2.0)
     if backup.state != "completed" or backup.location is None:
         raise TerminalError(f"backup {command.backup_id} is {backup.state}, not completed")
-    engine = ENGINE_BACKUPS.get(service.service_type)
-    if engine is None:
-        raise TerminalError(f"backups of {service.service_type} services are not supported")
-    store = w.store if destination.id is None else BackupStore(destination)
     folder = backup.location
     async with checked_backup(
         w.identity, store, folder, w.settings.backup_work_dir, NOT_VERIFIED, w.keyring
