@@ -107,6 +107,22 @@ class TempsSettings(BaseSettings):
         None, description="CA (PEM) the built-in store's https certificate is checked against."
     )
     backup_bucket: str = Field("temps-backups", description="Bucket every backup goes into.")
+    backup_store_service_endpoint: str | None = Field(
+        None,
+        description=(
+            "How service containers reach the built-in store (pgBackRest inside PostgreSQL): an "
+            "https URL with a DNS name in the store's certificate; None: the same as "
+            "backup_store_endpoint."
+        ),
+    )
+    backup_store_container: str | None = Field(
+        None,
+        description=(
+            "The built-in store's container, where per-service archive identities are "
+            "imported; None: the store is not managed by this installation and WAL archiving "
+            "to it is unavailable."
+        ),
+    )
 
     def store_secret_key(self) -> str:
         """The S3 secret key, from `backup_store_secret_key_file` when set."""
