@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -90,11 +90,13 @@ class Command(Message):
 
 
 class ReconcileService(Command):
-    """Converge a service to the desired state stored for it (create, start, stop or delete)."""
+    """Converge a service to the desired state stored for it (create, start, stop or delete).
+    The backup worker asks for one after it wrote or removed the WAL-archiving configuration
+    on the volume (the reconcile sets archive_mode from it)."""
 
     worker: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "reconcile"
-    publishers = frozenset({Role.API})
+    publishers = frozenset({Role.API, Role.BACKUP})
 
     service_id: UUID
     generation: int
@@ -149,6 +151,21 @@ class VerifyBackup(Command):
 
     service_id: UUID
     backup_id: UUID
+
+
+class ConfigureWalArchiving(Command):
+    """Turn a PostgreSQL service's WAL archiving (pgBackRest, to the active backup destination)
+    on or off, as request `request_id` asked. On: the configuration onto the primary's volume,
+    archive_mode on (a recreate), stanza-create, check, a first full backup. Off: the
+    configuration removed, archive_mode off; the archive stays until retention expires it."""
+
+    worker: ClassVar[str] = "backup"
+    verb: ClassVar[str] = "wal-archiving"
+    publishers = frozenset({Role.API})
+
+    service_id: UUID
+    request_id: UUID
+    enabled: bool
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -372,6 +389,25 @@ class RestoreFailed(BackupEvent):
     reason: str
 
 
+class WalArchivingEvent(Event):
+    publishers = frozenset({Role.BACKUP})
+
+    request_id: UUID
+
+
+class WalArchivingStep(WalArchivingEvent):
+    """A step of turning archiving on or off is done (e.g. "stanza created")."""
+
+    step: str
+
+
+class WalArchivingChanged(WalArchivingEvent):
+    """Archiving reached `state`: on, off, or failed (with the reason)."""
+
+    state: Literal["on", "off", "failed"]
+    reason: str | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
@@ -398,11 +434,20 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BackupDeleted,
         RestoreCompleted,
         RestoreFailed,
+        WalArchivingStep,
+        WalArchivingChanged,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.type_name(): cls
-    for cls in (ReconcileService, ProbeNow, RunBackup, RestoreBackup, VerifyBackup)
+    for cls in (
+        ReconcileService,
+        ProbeNow,
+        RunBackup,
+        RestoreBackup,
+        VerifyBackup,
+        ConfigureWalArchiving,
+    )
 }
 
 

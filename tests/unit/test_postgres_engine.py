@@ -147,7 +147,9 @@ def test_container_spec_is_hardened_labelled_and_loopback_only() -> None:
     )
     assert archiving.drift(running) == ["command"]
     assert "archive_mode=on" in archiving.command
-    assert any(a.startswith("archive_command=pgbackrest") for a in archiving.command)
+    # Each push bounded (a hung store would hide the failure), a switch at least every minute.
+    assert any(a.startswith("archive_command=timeout 60 pgbackrest") for a in archiving.command)
+    assert "archive_timeout=60" in archiving.command
     # A container an earlier release made with the password in env is recreated without it.
     old = replace(running, env_names=frozenset({"PGDATA", "POSTGRES_PASSWORD", "PATH"}))
     assert spec.drift(old) == ["env POSTGRES_PASSWORD"]

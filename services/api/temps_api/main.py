@@ -45,6 +45,7 @@ from temps_api.routes import (
     service_health,
     services,
     tokens,
+    wal_archiving,
 )
 from temps_api.settings import ApiSettings
 from temps_api.state import AppState
@@ -136,6 +137,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         backups,
         backup_destination,
         backup_schedule,
+        wal_archiving,
     ):
         document_errors(app, module.router)  # before including: FastAPI may copy the routes
         app.include_router(module.router)

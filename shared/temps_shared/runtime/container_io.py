@@ -67,11 +67,13 @@ def exec_output(
     argv: list[str],
     env: dict[str, str],
     timeout_s: float | None = None,
+    user: str = "",
 ) -> Iterator[bytes]:
-    """The command's stdout, chunk by chunk; raises `ExecFailed` at the end if it failed, or
-    if it ran longer than `timeout_s` (then it was killed)."""
+    """The command's stdout, chunk by chunk (run as `user`, the image's by default); raises
+    `ExecFailed` at the end if it failed, or if it ran longer than `timeout_s` (then it was
+    killed)."""
     exec_id = client.api.exec_create(
-        container, bounded(argv, timeout_s), environment=env, stdout=True, stderr=True
+        container, bounded(argv, timeout_s), environment=env, stdout=True, stderr=True, user=user
     )["Id"]
     stderr = bytearray()
     for out, err in client.api.exec_start(exec_id, stream=True, demux=True):

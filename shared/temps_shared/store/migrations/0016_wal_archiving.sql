@@ -1,0 +1,13 @@
+-- WAL archiving (pgBackRest) per PostgreSQL service: what the user asked for and where the
+-- backup worker is. `request_id` names the request in flight: events of an older request
+-- (a redelivery after the user changed their mind) are ignored by the projector.
+CREATE TABLE wal_archiving (
+    service_id    uuid PRIMARY KEY REFERENCES services (id) ON DELETE CASCADE,
+    enabled       boolean NOT NULL,
+    state         text NOT NULL CHECK (state IN ('enabling', 'on', 'disabling', 'off', 'failed')),
+    step          text,
+    reason        text,
+    request_id    uuid NOT NULL,
+    requested_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);

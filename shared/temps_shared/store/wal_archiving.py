@@ -1,0 +1,93 @@
+"""WAL archiving per PostgreSQL service (`wal_archiving`): the gateway records a request
+(`request`), the backup worker carries it out and reports (`WalArchivingStep`,
+`WalArchivingChanged`), the projector applies the reports of the request in flight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from temps_shared.messages import WalArchivingChanged, WalArchivingEvent, WalArchivingStep
+from temps_shared.store.types import Executor
+
+_COLUMNS = "service_id, enabled, state, step, reason, request_id, requested_at, updated_at"
+
+
+@dataclass(frozen=True)
+class WalArchiving:
+    service_id: UUID
+    enabled: bool  # what the user asked for
+    state: str  # enabling | on | disabling | off | failed
+    step: str | None  # the last step done
+    reason: str | None  # why it failed
+    request_id: UUID
+    requested_at: datetime
+    updated_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "state": self.state,
+            "step": self.step,
+            "reason": self.reason,
+            "requested_at": self.requested_at,
+            "updated_at": self.updated_at,
+        }
+
+
+async def archiving_of(conn: Executor, service_id: UUID) -> WalArchiving | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM wal_archiving WHERE service_id = $1", service_id
+    )
+    return WalArchiving(**dict(row)) if row is not None else None
+
+
+async def record_request(
+    conn: Executor, service_id: UUID, enabled: bool, request_id: UUID
+) -> WalArchiving:
+    """Record the user's request (it supersedes any in flight)."""
+    row = await conn.fetchrow(
+        "INSERT INTO wal_archiving (service_id, enabled, state, request_id)"
+        " VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (service_id) DO UPDATE SET enabled = $2, state = $3, step = NULL,"
+        " reason = NULL, request_id = $4, requested_at = now(), updated_at = now()"
+        f" RETURNING {_COLUMNS}",
+        service_id,
+        enabled,
+        "enabling" if enabled else "disabling",
+        request_id,
+    )
+    assert row is not None
+    return WalArchiving(**dict(row))
+
+
+async def apply_wal_archiving_event(conn: Executor, event: WalArchivingEvent) -> None:
+    """Only the request in flight moves the row."""
+    match event:
+        case WalArchivingStep():
+            await conn.execute(
+                "UPDATE wal_archiving SET step = $3, updated_at = $4"
+                " WHERE service_id = $1 AND request_id = $2",
+                event.service_id,
+                event.request_id,
+                event.step,
+                event.occurred_at,
+            )
+        case WalArchivingChanged():
+            await conn.execute(
+                "UPDATE wal_archiving SET state = $3, reason = $4, updated_at = $5"
+                " WHERE service_id = $1 AND request_id = $2",
+                event.service_id,
+                event.request_id,
+                event.state,
+                event.reason,
+                event.occurred_at,
+            )
+
+
+async def archived_services(conn: Executor) -> list[UUID]:
+    """Services whose archiving is wanted (their identities stay in the store)."""
+    rows = await conn.fetch("SELECT service_id FROM wal_archiving WHERE enabled")
+    return [row["service_id"] for row in rows]
