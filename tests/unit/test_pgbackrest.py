@@ -74,7 +74,7 @@ def _options(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("major", "bundle"), [(13, False), (15, True), (17, True)])
 def test_config_per_version(major: int, bundle: bool) -> None:
-    text = pb.config(_repo(), "orders", major)
+    text = pb.config(_repo(), "orders", major, "temps_admin")
     options = _options(text)
     assert ("repo1-bundle" in options) is bundle
     assert options["repo1-s3-key-secret"] == "s3cr3t/+="
@@ -91,7 +91,7 @@ def test_config_per_version(major: int, bundle: bool) -> None:
 
 
 def test_config_has_the_ca_line_only_with_a_ca() -> None:
-    assert "repo1-storage-ca-file" not in pb.config(_repo(ca_pem=None), "orders", 15)
+    assert "repo1-storage-ca-file" not in pb.config(_repo(ca_pem=None), "orders", 15, "temps_admin")
 
 
 def test_secret_stays_out_of_repr() -> None:
@@ -101,7 +101,7 @@ def test_secret_stays_out_of_repr() -> None:
 
 def test_config_refuses_a_stanza_that_is_not_plain() -> None:
     with pytest.raises(ValueError, match="stanza"):
-        pb.config(_repo(), "a]\nrepo1-path=/x", 15)
+        pb.config(_repo(), "a]\nrepo1-path=/x", 15, "temps_admin")
 
 
 @pytest.mark.parametrize(

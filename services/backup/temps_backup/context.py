@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from uuid import UUID
 
 import asyncpg
 import docker
@@ -26,3 +28,6 @@ class BackupWorker:
     ca_pem: str  # the installation CA (services dialled over TLS)
     store: BackupStore  # the built-in store (backups whose row names no other destination)
     settings: BackupSettings
+    # A service's (access key, secret key) on the built-in store for its WAL archive (derived
+    # from the master key: `temps_shared.backups.archive_access.archive_identity`).
+    archive_identity: Callable[[UUID], tuple[str, str]] = field(repr=False)

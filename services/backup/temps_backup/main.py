@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 
 import pyrage
+from temps_shared.backups.archive_access import archive_identity
 from temps_shared.backups.destination import builtin_destination
 from temps_shared.backups.identity import backup_identity
 from temps_shared.backups.store import BackupStore
@@ -55,6 +57,7 @@ async def serve(settings: BackupSettings, stop: asyncio.Event) -> None:
             ).cert_pem,
             store=store,
             settings=settings,
+            archive_identity=functools.partial(archive_identity, master_key),
         )
         scheduler = asyncio.create_task(
             run_scheduler(worker, stop, f"temps-backup-{settings.node_id}-{os.getpid()}")

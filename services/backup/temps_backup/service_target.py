@@ -105,7 +105,15 @@ async def resolve(
     if state is None or not state.running:
         status = "missing" if state is None else state.status
         raise RetryableError(f"container {container} is {status}", delay_s=5.0)
-    handle = ServiceHandle(
+    handle = service_handle(w, service, container, local_ports)
+    return Target(service, found.backup, found.engine, handle, found.store)
+
+
+def service_handle(
+    w: BackupWorker, service: ServiceRecord, container: str, local_ports: dict[str, int]
+) -> ServiceHandle:
+    """How the worker reaches `container` of the service: Docker, its endpoints, its secrets."""
+    return ServiceHandle(
         client=w.docker,
         container=container,
         credentials=service.credentials(w.keyring),
@@ -119,7 +127,6 @@ async def resolve(
         identity=w.identity,
         timeout_s=w.settings.backup_exec_timeout_s,
     )
-    return Target(service, found.backup, found.engine, handle, found.store)
 
 
 async def _wait_while_provisioning(w: BackupWorker, service_id: UUID) -> None:

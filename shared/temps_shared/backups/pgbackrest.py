@@ -29,6 +29,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+from temps_shared.backups.archive_access import archive_prefix
+from temps_shared.engines import postgres
 from temps_shared.engines.postgres import ARCHIVE_CONFIG, DATA_MOUNT, PGDATA
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "CA_PATH",
     "CONFIG_DIR",
     "PGDATA",
-    "PUSH_TIMEOUT_S",
     "RECOVERY_SETTINGS",
     "TARGET_NOT_REACHED",
     "PhysicalBackup",
@@ -60,7 +61,6 @@ __all__ = [
 
 CONFIG_DIR = f"{DATA_MOUNT}/temps"  # 0700, owned by postgres; ARCHIVE_CONFIG lives here
 CA_PATH = f"{CONFIG_DIR}/s3-ca.pem"
-PUSH_TIMEOUT_S = 60
 BUNDLE_SINCE_MAJOR = 15  # our :15 ships 2.45 and :17 2.55 (bundle since 2.39); :13 ships 2.33
 RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action")
 TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -91,8 +91,9 @@ class Repository:
 
 
 def repo_path(service_id: UUID) -> str:
-    """Per service id, not name: a new service reusing a name never meets an old archive."""
-    return f"/pgbackrest/{service_id}"
+    """Per service id, not name: a new service reusing a name never meets an old archive. The
+    prefix its identity on the built-in store is limited to."""
+    return "/" + archive_prefix(service_id).rstrip("/")
 
 
 def repository(
@@ -160,7 +161,7 @@ def _stanza(stanza: str) -> str:
     return stanza
 
 
-def config(repo: Repository, stanza: str, pg_major: int) -> str:
+def config(repo: Repository, stanza: str, pg_major: int, pg_user: str) -> str:
     """pgbackrest.conf (written 0600 as postgres to ARCHIVE_CONFIG). It holds the secret key:
     process listings then show only `--config=... --stanza=...`."""
     options = {
@@ -186,7 +187,8 @@ def config(repo: Repository, stanza: str, pg_major: int) -> str:
         "log-level-file": "off",
     }
     lines = ["[global]", *(f"{key}={value}" for key, value in options.items())]
-    lines += ["", f"[{_stanza(stanza)}]", f"pg1-path={PGDATA}", ""]
+    # pg1-user: the server is reached over its local socket as the service's administrator.
+    lines += ["", f"[{_stanza(stanza)}]", f"pg1-path={PGDATA}", f"pg1-user={pg_user}", ""]
     return "\n".join(lines)
 
 
@@ -197,7 +199,8 @@ def command(stanza: str, *args: str) -> list[str]:
 
 
 def archive_command(stanza: str) -> str:
-    return f"timeout {PUSH_TIMEOUT_S} {' '.join(command(stanza, 'archive-push', '%p'))}"
+    """The server's archive_command (the reconcile puts it on the primary's command line)."""
+    return postgres.archive_command(_stanza(stanza))
 
 
 def format_target(at: datetime) -> str:
