@@ -6,8 +6,10 @@ Stop → Start that keeps archiving on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -81,6 +83,14 @@ async def _archiving(api: httpx.AsyncClient, service_id: str, enabled: bool) -> 
     return await eventually(done, ENABLE_TIMEOUT_S, f"archiving to be {wanted}")
 
 
+async def _window(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
+    response = await api.get(f"/api/external-services/{service_id}/recovery-window")
+    assert response.status_code == 200, response.text
+    return {
+        k: datetime.fromisoformat(v) if v is not None else None for k, v in response.json().items()
+    }
+
+
 async def _settings(conn: asyncpg.Connection) -> tuple[str, str]:
     return await conn.fetchval("SHOW archive_mode"), await conn.fetchval("SHOW archive_command")
 
@@ -120,15 +130,24 @@ async def test_enable_archives_wal_under_the_service_prefix_and_takes_a_full_bac
     body = await _archiving(api, service_id, True)
     assert body["enabled"] is True
     assert body["step"] == "first full backup taken"
+    window = await _window(api, service_id)
+    assert window["earliest"] is not None
+    assert window["latest"] is not None
+    assert window["earliest"] <= window["latest"]
     conn = await pg_connect(await credentials(api, service_id))
     try:
         mode, command = await _settings(conn)
         assert mode == "on"
         assert command.startswith("timeout 60 pgbackrest")
         assert "archive-push" in command
+        await asyncio.sleep(1.1)  # the next segment is written in a later second
         await _archived_after_switch(conn)
     finally:
         await conn.close()
+    # The window's end advances as WAL arrives; its start stays at the first backup.
+    advanced = await _window(api, service_id)
+    assert advanced["earliest"] == window["earliest"]
+    assert advanced["latest"] > window["latest"]
     info = _info(docker_client, container, name)
     assert [b.type for b in info.backups] == ["full"]
     # Everything lies under the service's own prefix; its key reaches nothing else.

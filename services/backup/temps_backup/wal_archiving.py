@@ -27,7 +27,7 @@ from temps_shared.backups.archive_access import (
     apply_archive_identities,
     store_service_endpoint,
 )
-from temps_shared.backups.destination import active_destination_id, load_destination
+from temps_shared.backups.destination import load_destination
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import postgres
@@ -123,7 +123,8 @@ async def _repository(w: BackupWorker, service: ServiceRecord) -> pgbackrest.Rep
     """Where the service archives, as its containers reach it. For the built-in store the
     store's identities are brought up to date first."""
     async with w.pool.acquire() as conn:
-        destination_id = await active_destination_id(conn)
+        wanted = await archiving_of(conn, service.id)
+        destination_id = wanted.destination_id if wanted is not None else None
         destination = await load_destination(conn, w.keyring, destination_id, w.store.destination)
         retention = (await schedule_of(conn, service.id)).retention_days
     if destination.id is None:

@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
 
 import boto3
@@ -132,6 +133,38 @@ class BackupStore:
         except ClientError as exc:
             raise StoreError(f"cannot list {prefix} in bucket {self.bucket}: {exc}") from exc
         return found
+
+    def read_text(self, key: str) -> str | None:
+        """A small object's text; None when there is no such object."""
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
+        with body:
+            return str(body.read().decode())
+
+    def last_object(self, prefix: str) -> tuple[str, datetime] | None:
+        """The greatest key under `prefix` and when it was written, walking down the greatest
+        "folder" at each level (a few listings, however many objects the prefix holds)."""
+        try:
+            while True:
+                page = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+                folders = [str(p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+                if folders and not page.get("IsTruncated"):
+                    prefix = max(folders)
+                    continue
+                newest: tuple[str, datetime] | None = None
+                for listed in self._s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix
+                ):
+                    for item in listed.get("Contents", []):
+                        if newest is None or str(item["Key"]) > newest[0]:
+                            newest = (str(item["Key"]), item["LastModified"])
+                return newest
+        except ClientError as exc:
+            raise StoreError(f"cannot list {prefix} in bucket {self.bucket}: {exc}") from exc
 
     def open_object(self, key: str) -> BinaryIO:
         """`key`'s bytes as a stream read from the store as it is consumed (close it)."""

@@ -12,7 +12,9 @@ from uuid import UUID
 from temps_shared.messages import WalArchivingChanged, WalArchivingEvent, WalArchivingStep
 from temps_shared.store.types import Executor
 
-_COLUMNS = "service_id, enabled, state, step, reason, request_id, requested_at, updated_at"
+_COLUMNS = (
+    "service_id, enabled, state, step, reason, request_id, destination_id, requested_at, updated_at"
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class WalArchiving:
     step: str | None  # the last step done
     reason: str | None  # why it failed
     request_id: UUID
+    destination_id: UUID | None  # where the archive is (None: the built-in store)
     requested_at: datetime
     updated_at: datetime
 
@@ -47,12 +50,15 @@ async def archiving_of(conn: Executor, service_id: UUID) -> WalArchiving | None:
 async def record_request(
     conn: Executor, service_id: UUID, enabled: bool, request_id: UUID
 ) -> WalArchiving:
-    """Record the user's request (it supersedes any in flight)."""
+    """Record the user's request (it supersedes any in flight). Turning it on archives to the
+    destination active now; turning it off keeps the one the archive is in."""
     row = await conn.fetchrow(
-        "INSERT INTO wal_archiving (service_id, enabled, state, request_id)"
-        " VALUES ($1, $2, $3, $4)"
+        "INSERT INTO wal_archiving (service_id, enabled, state, request_id, destination_id)"
+        " VALUES ($1, $2, $3, $4, (SELECT id FROM backup_destinations WHERE active))"
         " ON CONFLICT (service_id) DO UPDATE SET enabled = $2, state = $3, step = NULL,"
-        " reason = NULL, request_id = $4, requested_at = now(), updated_at = now()"
+        " reason = NULL, request_id = $4, requested_at = now(), updated_at = now(),"
+        " destination_id = CASE WHEN $2 THEN EXCLUDED.destination_id"
+        " ELSE wal_archiving.destination_id END"
         f" RETURNING {_COLUMNS}",
         service_id,
         enabled,

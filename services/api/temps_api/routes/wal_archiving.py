@@ -4,6 +4,7 @@ shows where it is. docs/pitr.md describes the whole."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID, uuid4
@@ -11,6 +12,9 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from temps_shared.backups.destination import builtin_destination, load_destination
+from temps_shared.backups.recovery_window import RecoveryWindow, recovery_window
+from temps_shared.backups.store import BackupStore, StoreError
 from temps_shared.messages import ConfigureWalArchiving
 from temps_shared.store import outbox
 from temps_shared.store.services import ServiceRecord, get_service
@@ -45,6 +49,17 @@ class WalArchivingPublic(BaseModel):
 _NEVER = WalArchivingPublic(enabled=False, state="off")
 
 
+class RecoveryWindowPublic(BaseModel):
+    earliest: datetime | None = Field(
+        description="The earliest restorable instant (one second after the oldest physical"
+        " backup ended); null before the first backup."
+    )
+    latest: datetime | None = Field(
+        description="The latest restorable instant (the newest archived WAL); null before"
+        " the first backup."
+    )
+
+
 async def _postgres(conn: Connection, service_id: UUID) -> ServiceRecord:
     service = await get_service(conn, service_id)
     if service is None or service.purged:
@@ -65,6 +80,35 @@ async def get_wal_archiving(service_id: UUID, state: State, _: Reader) -> WalArc
         await _postgres(conn, service_id)
         row = await archiving_of(conn, service_id)
     return WalArchivingPublic(**row.public()) if row is not None else _NEVER
+
+
+@router.get(
+    "/{service_id}/recovery-window",
+    response_model=RecoveryWindowPublic,
+    responses=error_responses(422, 502),
+)
+async def get_recovery_window(service_id: UUID, state: State, _: Reader) -> RecoveryWindowPublic:
+    """The instants the service can be restored to, read from its WAL archive."""
+    async with state.pool.acquire() as conn:
+        service = await _postgres(conn, service_id)
+        row = await archiving_of(conn, service_id)
+        destination = await load_destination(
+            conn,
+            state.keyring,
+            row.destination_id if row is not None else None,
+            builtin_destination(state.settings),
+        )
+    if row is None:
+        return RecoveryWindowPublic(earliest=None, latest=None)
+
+    def read() -> RecoveryWindow:
+        return recovery_window(BackupStore(destination), service_id, service.name)
+
+    try:
+        window = await asyncio.to_thread(read)
+    except StoreError as exc:
+        raise ApiError(502, "store_unreachable", f"the WAL archive cannot be read: {exc}") from exc
+    return RecoveryWindowPublic(earliest=window.earliest, latest=window.latest)
 
 
 @router.post(
