@@ -168,6 +168,22 @@ class ConfigureWalArchiving(Command):
     enabled: bool
 
 
+class RestoreToTime(Command):
+    """Restore a PostgreSQL service's WAL archive, as it was at `target_time` (None: the end of
+    the archive), into `service_id` (a new service registered for it)."""
+
+    worker: ClassVar[str] = "backup"
+    verb: ClassVar[str] = "restore-to-time"
+    publishers = frozenset({Role.API})
+
+    service_id: UUID
+    restore_id: UUID
+    source_service_id: UUID
+    stanza: str  # the source's pgBackRest stanza (its name when it archived)
+    destination_id: UUID | None  # where its archive is (None: the built-in store)
+    target_time: datetime | None
+
+
 # --- events ---------------------------------------------------------------------------------
 
 
@@ -408,6 +424,20 @@ class WalArchivingChanged(WalArchivingEvent):
     reason: str | None = None
 
 
+class PointInTimeRestoreEvent(Event):
+    publishers = frozenset({Role.BACKUP})
+
+    restore_id: UUID
+
+
+class PointInTimeRestored(PointInTimeRestoreEvent):
+    """The service holds the source's data as of the target (or the archive's end)."""
+
+
+class PointInTimeRestoreFailed(PointInTimeRestoreEvent):
+    reason: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
@@ -436,6 +466,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RestoreFailed,
         WalArchivingStep,
         WalArchivingChanged,
+        PointInTimeRestored,
+        PointInTimeRestoreFailed,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -447,6 +479,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         RestoreBackup,
         VerifyBackup,
         ConfigureWalArchiving,
+        RestoreToTime,
     )
 }
 

@@ -208,3 +208,58 @@ async def test_archiving_is_refused_for_other_engines_and_answers_its_state(
     assert refused.status_code == 422, refused.text
     bad = await api.post(f"/api/external-services/{redis_id}/wal-archiving", json={"enabled": 1})
     assert bad.status_code == 422, bad.text
+
+
+async def _restore_ended(api: httpx.AsyncClient, answer: dict[str, Any]) -> dict[str, Any]:
+    new_id, restore_id = answer["new_service"]["id"], answer["id"]
+
+    async def ended() -> dict[str, Any] | None:
+        response = await api.get(f"/api/external-services/{new_id}/restores/{restore_id}")
+        body: dict[str, Any] = response.json()
+        return body if body.get("state") in ("completed", "failed") else None
+
+    return await eventually(ended, 300, "the point-in-time restore to end")
+
+
+async def test_restore_to_a_time_brings_what_was_committed_before_it_and_nothing_after(
+    api: httpx.AsyncClient,
+) -> None:
+    """Write A, note T, write B; restored to T (as a new service): A present, B absent."""
+    name = f"{P}walpitr"
+    service_id = await _create(api, name, "15")
+    await _archiving(api, service_id, True)
+    conn = await pg_connect(await credentials(api, service_id))
+    try:
+        await conn.execute("CREATE TABLE notes (body text)")
+        await conn.execute("INSERT INTO notes VALUES ('A')")
+        target = await conn.fetchval("SELECT clock_timestamp()")
+        await asyncio.sleep(1.5)
+        await conn.execute("INSERT INTO notes VALUES ('B')")
+        await _archived_after_switch(conn)
+    finally:
+        await conn.close()
+    window = await _window(api, service_id)
+    # Outside the window: 422 naming it, nothing created.
+    early = await api.post(
+        f"/api/external-services/{service_id}/restore",
+        json={"target_time": "2020-01-01T00:00:00Z", "as_new_service": f"{P}walearly"},
+    )
+    assert early.status_code == 422, early.text
+    assert early.json()["error"]["details"]["earliest"] == window["earliest"].isoformat()
+    assert (await api.get("/api/external-services")).text.count(f"{P}walearly") == 0
+    response = await api.post(
+        f"/api/external-services/{service_id}/restore",
+        json={"target_time": target.isoformat(), "as_new_service": f"{P}walpitr2"},
+    )
+    assert response.status_code == 202, response.text
+    ended = await _restore_ended(api, response.json())
+    assert ended["state"] == "completed", ended
+    new_id = response.json()["new_service"]["id"]
+    await wait_status(api, new_id, "operational", timeout_s=120)
+    restored = await pg_connect(await credentials(api, new_id))
+    try:
+        assert [r["body"] for r in await restored.fetch("SELECT body FROM notes")] == ["A"]
+        assert not await restored.fetchval("SELECT pg_is_in_recovery()")
+        assert await restored.fetchval("SHOW restore_command") == ""  # reset after promotion
+    finally:
+        await restored.close()

@@ -11,6 +11,8 @@ from temps_shared.bus.envelope import MESSAGE_TYPES, ForgedMessage, open_envelop
 from temps_shared.bus.permissions import inbox_prefix, publish_allowed, subscribe_allowed
 from temps_shared.messages import (
     MONITOR_SOURCE,
+    Command,
+    Event,
     HealthChecked,
     ProbeNow,
     ReconcileService,
@@ -76,6 +78,17 @@ def test_only_the_monitor_speaks_as_the_monitor() -> None:
     assert open_envelope(own.subject(Role.PROVISIONER), "ServiceStatusChanged", encode(own))
     with pytest.raises(ForgedMessage, match="source None"):
         open_envelope(own.subject(Role.MONITOR), "ServiceStatusChanged", encode(own))
+
+
+def _leaves(base: type) -> set[type]:
+    subclasses = base.__subclasses__()
+    return set().union(*(_leaves(c) for c in subclasses)) if subclasses else {base}
+
+
+def test_every_message_class_is_in_the_contract() -> None:
+    """A command or event missing from COMMAND_TYPES/EVENT_TYPES gets no bus permission and
+    cannot be decoded: every concrete class must be listed."""
+    assert (_leaves(Command) | _leaves(Event)) - set(MESSAGE_TYPES.values()) == set()
 
 
 def test_every_message_type_has_publishers() -> None:

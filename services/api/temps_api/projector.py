@@ -27,6 +27,7 @@ from temps_shared.messages import (
     LinkRequested,
     LinkRevokeRequested,
     LinksConverged,
+    PointInTimeRestoreEvent,
     RestoreCompleted,
     ServiceDeleted,
     ServiceFailed,
@@ -39,7 +40,7 @@ from temps_shared.messages import (
 )
 from temps_shared.store.backups import apply_backup_event
 from temps_shared.store.types import Connection
-from temps_shared.store.wal_archiving import apply_wal_archiving_event
+from temps_shared.store.wal_archiving import apply_pitr_event, apply_wal_archiving_event
 
 from temps_api.health_projection import (
     HEALTH_PROJECTION,
@@ -198,6 +199,8 @@ async def apply_event(conn: Connection, event: Event) -> None:
             await apply_backup_event(conn, event)
         case WalArchivingEvent():
             await apply_wal_archiving_event(conn, event)
+        case PointInTimeRestoreEvent():
+            await apply_pitr_event(conn, event)
         case ServiceDeleted():
             await conn.execute("DELETE FROM service_status WHERE service_id = $1", event.service_id)
             await forget_health(conn, event.service_id)

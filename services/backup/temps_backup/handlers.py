@@ -7,12 +7,14 @@ from temps_shared.messages import (
     Command,
     ConfigureWalArchiving,
     RestoreBackup,
+    RestoreToTime,
     RunBackup,
     VerifyBackup,
 )
 from temps_shared.worker import CommandHandler, dispatcher, terminal_announcer
 
 from temps_backup.context import BackupWorker
+from temps_backup.pitr_restore import announce_pitr_failure, handle_restore_to_time
 from temps_backup.restore_backup import announce_restore_failure, handle_restore_backup
 from temps_backup.run_backup import announce_backup_failure, handle_run_backup
 from temps_backup.verify_backup import announce_verification_failure, handle_verify_backup
@@ -26,6 +28,7 @@ HANDLERS: dict[type[Command], CommandHandler[BackupWorker]] = {
     RestoreBackup: handle_restore_backup,
     VerifyBackup: handle_verify_backup,
     ConfigureWalArchiving: handle_configure_wal_archiving,
+    RestoreToTime: handle_restore_to_time,
 }
 
 
@@ -41,5 +44,6 @@ def make_on_terminal(w: BackupWorker) -> OnTerminal:
             RestoreBackup: announce_restore_failure,
             VerifyBackup: announce_verification_failure,
             ConfigureWalArchiving: announce_wal_archiving_failure,
+            RestoreToTime: announce_pitr_failure,
         },
     )

@@ -86,7 +86,7 @@ async def resolve(
     `restoring`: the backup may be another service's (a restore as a new service; the caller
     checks the engines match), and a service still provisioning is waited for."""
     if restoring:
-        await _wait_while_provisioning(w, service_id)
+        await wait_while_provisioning(w, service_id)
     found = await catalogued(w, service_id, backup_id, foreign=restoring)
     service = found.service
     async with w.pool.acquire() as conn:
@@ -129,7 +129,7 @@ def service_handle(
     )
 
 
-async def _wait_while_provisioning(w: BackupWorker, service_id: UUID) -> None:
+async def wait_while_provisioning(w: BackupWorker, service_id: UUID) -> None:
     """Return once the service is no longer provisioning, or after PROVISIONING_WAIT_S (the
     caller then sees the status and asks for a redelivery)."""
     deadline = time.monotonic() + PROVISIONING_WAIT_S

@@ -9,7 +9,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from temps_shared.messages import WalArchivingChanged, WalArchivingEvent, WalArchivingStep
+from temps_shared.messages import (
+    PointInTimeRestored,
+    PointInTimeRestoreEvent,
+    PointInTimeRestoreFailed,
+    WalArchivingChanged,
+    WalArchivingEvent,
+    WalArchivingStep,
+)
 from temps_shared.store.types import Executor
 
 _COLUMNS = (
@@ -97,3 +104,49 @@ async def archived_services(conn: Executor) -> list[UUID]:
     """Services whose archiving is wanted (their identities stay in the store)."""
     rows = await conn.fetch("SELECT service_id FROM wal_archiving WHERE enabled")
     return [row["service_id"] for row in rows]
+
+
+# --- point-in-time restores -------------------------------------------------------------------
+
+_RESTORE_COLUMNS = (
+    "id, service_id, source_service_id, target_time, state, reason, requested_at, finished_at"
+)
+
+
+async def record_pitr_restore(
+    conn: Executor,
+    restore_id: UUID,
+    service_id: UUID,
+    source_service_id: UUID,
+    target_time: datetime | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO pitr_restores (id, service_id, source_service_id, target_time, state)"
+        " VALUES ($1, $2, $3, $4, 'requested')",
+        restore_id,
+        service_id,
+        source_service_id,
+        target_time,
+    )
+
+
+async def pitr_restore(conn: Executor, service_id: UUID, restore_id: UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_RESTORE_COLUMNS} FROM pitr_restores WHERE id = $1 AND service_id = $2",
+        restore_id,
+        service_id,
+    )
+    return dict(row) if row is not None else None
+
+
+async def apply_pitr_event(conn: Executor, event: PointInTimeRestoreEvent) -> None:
+    ok = isinstance(event, PointInTimeRestored)
+    reason = event.reason if isinstance(event, PointInTimeRestoreFailed) else None
+    await conn.execute(
+        "UPDATE pitr_restores SET state = $2, reason = $3, finished_at = $4"
+        " WHERE id = $1 AND state = 'requested'",
+        event.restore_id,
+        "completed" if ok else "failed",
+        reason,
+        event.occurred_at,
+    )

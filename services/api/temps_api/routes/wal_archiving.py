@@ -11,18 +11,24 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from temps_shared.backups.destination import builtin_destination, load_destination
 from temps_shared.backups.recovery_window import RecoveryWindow, recovery_window
 from temps_shared.backups.store import BackupStore, StoreError
-from temps_shared.messages import ConfigureWalArchiving
+from temps_shared.messages import ConfigureWalArchiving, RestoreToTime
 from temps_shared.store import outbox
+from temps_shared.store.service_registration import ServiceNameTaken, register_service
 from temps_shared.store.services import ServiceRecord, get_service
 from temps_shared.store.types import Connection
-from temps_shared.store.wal_archiving import archiving_of, record_request
+from temps_shared.store.wal_archiving import (
+    archiving_of,
+    pitr_restore,
+    record_pitr_restore,
+    record_request,
+)
 
 from temps_api.audit import record_audit
-from temps_api.auth import BACKUPS_READ, BACKUPS_WRITE, Principal
+from temps_api.auth import BACKUPS_READ, BACKUPS_WRITE, EXTERNAL_SERVICES_WRITE, Principal
 from temps_api.deps import State, require
 from temps_api.errors import ApiError, error_responses, not_found
 
@@ -150,3 +156,133 @@ async def set_wal_archiving(
         )
     answer = WalArchivingPublic(**row.public())
     return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+
+
+class PointInTimeRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_time: AwareDatetime | None = Field(
+        None,
+        description="Restore the data as it was at this instant (with its offset, e.g."
+        " 2026-12-03T10:15:00Z); absent: the newest archived state.",
+    )
+    as_new_service: str = Field(
+        description="The new service that receives the data (same version and settings, no"
+        " read replica); the source keeps running untouched."
+    )
+
+
+class PointInTimeRestorePublic(BaseModel):
+    id: UUID
+    state: str = Field(description="requested | completed | failed")
+    target_time: datetime | None
+    reason: str | None = None
+    new_service: dict[str, str] | None = Field(None, description="{id, name} of the new service")
+
+
+@router.post(
+    "/{service_id}/restore",
+    status_code=202,
+    response_model=PointInTimeRestorePublic,
+    responses=error_responses(409, 422, 502),
+)
+async def restore_to_time(
+    service_id: UUID,
+    body: PointInTimeRestoreRequest,
+    request: Request,
+    state: State,
+    principal: Writer,
+) -> JSONResponse:
+    """Restore the service's WAL archive as of `target_time` into a new service. A time outside
+    the recovery window answers 422 naming the window."""
+    if not principal.can(EXTERNAL_SERVICES_WRITE):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this token lacks the {EXTERNAL_SERVICES_WRITE!r} permission (the restore creates"
+            " a service)",
+            {"required": EXTERNAL_SERVICES_WRITE},
+        )
+    window = await get_recovery_window(service_id, state, principal)
+    async with state.pool.acquire() as conn:
+        source = await _postgres(conn, service_id)
+        archiving = await archiving_of(conn, service_id)
+    if archiving is None or not archiving.enabled or window.earliest is None:
+        raise ApiError(
+            409, "no_archive", f"service {source.name} has no WAL archive with a backup yet"
+        )
+    target, earliest, latest = body.target_time, window.earliest, window.latest or window.earliest
+    if target is not None and not earliest <= target <= latest:
+        raise ApiError(
+            422,
+            "outside_recovery_window",
+            f"target_time: {target.isoformat()} is outside the recovery window"
+            f" {earliest.isoformat()} … {latest.isoformat()}",
+            {"earliest": earliest.isoformat(), "latest": latest.isoformat()},
+        )
+    async with state.pool.acquire() as conn, conn.transaction():
+        try:
+            new_id = await register_service(
+                conn,
+                state.keyring,
+                name=body.as_new_service,
+                service_type=source.service_type,
+                version=source.version,
+                parameters={**source.parameters, "replicas": 0},
+                resources=source.resources,
+                # The restored data holds the source's roles: the new service takes them over.
+                credentials=source.credentials(state.keyring),
+            )
+        except ServiceNameTaken as exc:
+            raise ApiError(
+                409,
+                "name_taken",
+                f"as_new_service: a service named {body.as_new_service!r} exists",
+                [{"field": "as_new_service"}],
+            ) from exc
+        restore_id = uuid4()
+        await record_pitr_restore(conn, restore_id, new_id, service_id, target)
+        await outbox.enqueue(
+            conn,
+            RestoreToTime(
+                service_id=new_id,
+                restore_id=restore_id,
+                source_service_id=service_id,
+                stanza=source.name,
+                destination_id=archiving.destination_id,
+                target_time=target,
+            ),
+        )
+        await record_audit(
+            conn, principal, "backup.pitr_restore_requested", str(service_id), request,
+            {"restore_id": str(restore_id), "new_service_id": str(new_id),
+             "target_time": target.isoformat() if target else None},
+        )  # fmt: skip
+    answer = PointInTimeRestorePublic(
+        id=restore_id,
+        state="requested",
+        target_time=target,
+        new_service={"id": str(new_id), "name": body.as_new_service},
+    )
+    return JSONResponse(
+        answer.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/api/external-services/{new_id}/restores/{restore_id}"},
+    )
+
+
+@router.get(
+    "/{service_id}/restores/{restore_id}",
+    response_model=PointInTimeRestorePublic,
+)
+async def get_restore_to_time(
+    service_id: UUID, restore_id: UUID, state: State, _: Reader
+) -> PointInTimeRestorePublic:
+    """A point-in-time restore into this service, and how it ended."""
+    async with state.pool.acquire() as conn:
+        row = await pitr_restore(conn, service_id, restore_id)
+    if row is None:
+        raise not_found("restore", restore_id)
+    return PointInTimeRestorePublic(
+        id=row["id"], state=row["state"], target_time=row["target_time"], reason=row["reason"]
+    )

@@ -14,3 +14,15 @@ CREATE TABLE wal_archiving (
     requested_at  timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- Point-in-time restores into a new service, and how each ended.
+CREATE TABLE pitr_restores (
+    id                 uuid PRIMARY KEY,
+    service_id         uuid NOT NULL REFERENCES services (id) ON DELETE CASCADE,
+    source_service_id  uuid NOT NULL,
+    target_time        timestamptz,
+    state              text NOT NULL CHECK (state IN ('requested', 'completed', 'failed')),
+    reason             text,
+    requested_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at        timestamptz
+);
