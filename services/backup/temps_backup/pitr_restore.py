@@ -22,7 +22,6 @@ from collections.abc import Callable
 import asyncpg
 import docker.errors
 from temps_shared.backups import pgbackrest
-from temps_shared.backups.archive_access import store_service_endpoint
 from temps_shared.backups.destination import load_destination
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_event
@@ -49,6 +48,7 @@ from temps_shared.store.services import ServiceRecord, get_service
 
 from temps_backup.context import BackupWorker
 from temps_backup.service_target import service_handle, wait_while_provisioning
+from temps_backup.wal_archiving import repository_for
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +105,9 @@ async def _source_config(
         destination = await load_destination(
             conn, w.keyring, command.destination_id, w.store.destination
         )
-    if destination.id is None:
-        access_key, secret_key = w.archive_identity(command.source_service_id)
-        endpoint = store_service_endpoint(w.settings)
-    else:
-        access_key, secret_key = destination.access_key_id, destination.secret_access_key
-        endpoint = destination.endpoint
-    repository = pgbackrest.repository(
-        endpoint=endpoint,
-        bucket=destination.bucket,
-        region=destination.region,
-        access_key=access_key,
-        secret_key=secret_key,
-        ca_pem=destination.ca_pem,
-        service_id=command.source_service_id,
-    )
+    source = command.source_service_id
+    identity = w.archive_identity(source) if destination.id is None else None
+    repository = repository_for(w, destination, source, identity)
     user = service.credentials(w.keyring)["username"]
     config = pgbackrest.config(repository, command.stanza, int(service.version), user)
     return config, destination.ca_pem

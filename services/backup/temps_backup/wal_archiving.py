@@ -27,7 +27,7 @@ from temps_shared.backups.archive_access import (
     apply_archive_identities,
     store_service_endpoint,
 )
-from temps_shared.backups.destination import load_destination
+from temps_shared.backups.destination import Destination, load_destination
 from temps_shared.bus.consume import RetryableError, TerminalError
 from temps_shared.bus.publish import publish_command, publish_event
 from temps_shared.engines import postgres
@@ -127,9 +127,22 @@ async def _repository(w: BackupWorker, service: ServiceRecord) -> pgbackrest.Rep
         destination_id = wanted.destination_id if wanted is not None else None
         destination = await load_destination(conn, w.keyring, destination_id, w.store.destination)
         retention = (await schedule_of(conn, service.id)).retention_days
+    identity = await _builtin_identities(w, service.id) if destination.id is None else None
+    return repository_for(w, destination, service.id, identity, retention)
+
+
+def repository_for(
+    w: BackupWorker,
+    destination: Destination,
+    service_id: UUID,
+    identity: tuple[str, str] | None,
+    retention_days: int = 7,
+) -> pgbackrest.Repository:
+    """The service's repository in `destination`, as service containers reach it: on the
+    built-in store with the service's own `identity`, elsewhere with the destination's key."""
     if destination.id is None:
-        access_key, secret_key = await _builtin_identities(w, service.id)
-        endpoint = store_service_endpoint(w.settings)
+        assert identity is not None
+        (access_key, secret_key), endpoint = identity, store_service_endpoint(w.settings)
     else:
         access_key, secret_key = destination.access_key_id, destination.secret_access_key
         endpoint = destination.endpoint
@@ -141,8 +154,8 @@ async def _repository(w: BackupWorker, service: ServiceRecord) -> pgbackrest.Rep
             access_key=access_key,
             secret_key=secret_key,
             ca_pem=destination.ca_pem,
-            service_id=service.id,
-            retention_days=retention,
+            service_id=service_id,
+            retention_days=retention_days,
         )
     except pgbackrest.RepositoryError as exc:
         raise TerminalError(f"the backup destination cannot hold a WAL archive: {exc}") from exc
