@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -140,7 +140,10 @@ async def test_enable_archives_wal_under_the_service_prefix_and_takes_a_full_bac
         assert mode == "on"
         assert command.startswith("timeout 60 pgbackrest")
         assert "archive-push" in command
-        await asyncio.sleep(1.1)  # the next segment is written in a later second
+        # The next segment lands in a later second than the window's end (S3 times are whole
+        # seconds, and the end may be the first backup's end + 1 s).
+        ahead = (window["latest"] - datetime.now(UTC)).total_seconds()
+        await asyncio.sleep(max(0.0, ahead) + 1.1)
         await _archived_after_switch(conn)
     finally:
         await conn.close()
