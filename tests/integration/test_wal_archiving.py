@@ -250,6 +250,10 @@ async def test_restore_to_a_time_brings_what_was_committed_before_it_and_nothing
     assert early.status_code == 422, early.text
     assert early.json()["error"]["details"]["earliest"] == window["earliest"].isoformat()
     assert (await api.get("/api/external-services")).text.count(f"{P}walearly") == 0
+    bad_name = await api.post(
+        f"/api/external-services/{service_id}/restore", json={"as_new_service": "Not A Name"}
+    )
+    assert bad_name.status_code == 422, bad_name.text
     response = await api.post(
         f"/api/external-services/{service_id}/restore",
         json={"target_time": target.isoformat(), "as_new_service": f"{P}walpitr2"},

@@ -45,6 +45,7 @@ from temps_shared.runtime.container_io import (
 from temps_shared.service_lock import service_lock
 from temps_shared.store import ports
 from temps_shared.store.services import ServiceRecord, get_service
+from temps_shared.store.wal_archiving import pitr_restore
 
 from temps_backup.context import BackupWorker
 from temps_backup.service_target import service_handle, wait_while_provisioning
@@ -61,10 +62,15 @@ STEP_TIMEOUT_S = 120.0
 async def handle_restore_to_time(w: BackupWorker, command: RestoreToTime) -> None:
     await wait_while_provisioning(w, command.service_id)
     async with w.pool.acquire() as conn:
+        done = await pitr_restore(conn, command.service_id, command.restore_id)
         service = await get_service(conn, command.service_id)
         status = await conn.fetchval(
             "SELECT status FROM service_status WHERE service_id = $1", command.service_id
         )
+    if done is not None and done["state"] != "requested":
+        # A redelivery after the end: restoring again would wipe what was written since.
+        log.info("point-in-time restore %s already ended", command.restore_id)
+        return
     if service is None or service.purged:
         raise TerminalError(f"service {command.service_id} no longer exists")
     if status in (None, "provisioning"):
@@ -79,14 +85,21 @@ async def handle_restore_to_time(w: BackupWorker, command: RestoreToTime) -> Non
     volume = state.mounts.get(postgres.DATA_MOUNT)
     if not volume:
         raise TerminalError(f"{primary} has no data volume at {postgres.DATA_MOUNT}")
+    helper = _helper_name(command)
     async with service_lock(w.pool, service.id, wait_s=30.0):
-        await asyncio.to_thread(stop_container, w.docker, primary, 60)
-        await asyncio.to_thread(
-            _restore_files, w, command, service, state.image, volume, config, ca_pem
-        )
-        await asyncio.to_thread(start_container, w.docker, primary)
-        await _until_promoted(w, service, primary, state.image, volume)
-        await _cleanup(w, service)
+        try:
+            await asyncio.to_thread(stop_container, w.docker, primary, 60)
+            await asyncio.to_thread(
+                _restore_files, w, command, helper, state.image, volume, config, ca_pem
+            )
+            await asyncio.to_thread(start_container, w.docker, primary)
+            await _until_promoted(w, service, primary, helper, state.image, volume)
+            await _cleanup(w, service)
+        except BaseException:
+            # Whatever happened, the source's key leaves the volume and the service runs
+            # (a restore that did not end is reported failed; its data is not to be trusted).
+            await asyncio.to_thread(_forget_source, w, primary, helper, state.image, volume)
+            raise
     log.info("restored %s into %s", command.stanza, service.name)
     await publish_event(
         w.js,
@@ -113,8 +126,10 @@ async def _source_config(
     return config, destination.ca_pem
 
 
-def _helper_name(service: ServiceRecord) -> str:
-    return f"{container_name(service.service_type, service.name)}-pitr"
+def _helper_name(command: RestoreToTime) -> str:
+    """Never a service's name (no engine is called `pitr`): removing a leftover of a crashed
+    restore can only remove this restore's own helper."""
+    return f"temps-pitr-{command.restore_id.hex}"
 
 
 def _in_helper(
@@ -126,7 +141,7 @@ def _in_helper(
         w.docker.containers.get(name).remove(force=True)  # a crash's leftover
     helper = w.docker.containers.run(
         image,
-        entrypoint=["sleep", str(int(STEP_TIMEOUT_S * 4))],
+        entrypoint=["sleep", str(int(w.settings.backup_deadline_s + STEP_TIMEOUT_S))],
         command=[],
         name=name,
         volumes={volume: {"bind": postgres.DATA_MOUNT, "mode": "rw"}},
@@ -163,7 +178,7 @@ def _pgbackrest(stanza: str, *args: str) -> list[str]:
 def _restore_files(
     w: BackupWorker,
     command: RestoreToTime,
-    service: ServiceRecord,
+    helper_name: str,
     image: str,
     volume: str,
     config: str,
@@ -195,11 +210,11 @@ def _restore_files(
             owner, w.settings.backup_deadline_s,
         )  # fmt: skip
 
-    _in_helper(w, image, volume, _helper_name(service), work)
+    _in_helper(w, image, volume, helper_name, work)
 
 
 async def _until_promoted(
-    w: BackupWorker, service: ServiceRecord, primary: str, image: str, volume: str
+    w: BackupWorker, service: ServiceRecord, primary: str, helper: str, image: str, volume: str
 ) -> None:
     """Wait until the primary has replayed to the target and promoted. If it stopped because no
     commit after the target reached the archive, replay the whole archive instead (once)."""
@@ -216,7 +231,7 @@ async def _until_promoted(
         except ServiceNotReadyError:
             if not dropped_target and await _stopped_before_target(w, primary):
                 log.info("%s: no commit after the target was archived; replaying it all", primary)
-                await asyncio.to_thread(_drop_target, w, service, primary, image, volume)
+                await asyncio.to_thread(_drop_target, w, primary, helper, image, volume)
                 dropped_target = True
             continue
         try:
@@ -230,15 +245,22 @@ async def _until_promoted(
 
 
 async def _stopped_before_target(w: BackupWorker, primary: str) -> bool:
+    """PostgreSQL ran out of archived WAL before a commit past the target. Only when fetching
+    WAL did not fail: the same message follows an `archive-get` that failed (store down, key
+    refused), and replaying on would then restore past the target; that is a failure."""
+
     def logs() -> str:
-        return bytes(w.docker.containers.get(primary).logs(tail=100)).decode(errors="replace")
+        return bytes(w.docker.containers.get(primary).logs(tail=200)).decode(errors="replace")
 
-    return pgbackrest.TARGET_NOT_REACHED in await asyncio.to_thread(logs)
+    text = await asyncio.to_thread(logs)
+    if pgbackrest.TARGET_NOT_REACHED not in text:
+        return False
+    if "ERROR: [" in text:  # pgBackRest's own error lines (warn level logs nothing else)
+        raise TerminalError("fetching archived WAL failed during recovery; nothing was trusted")
+    return True
 
 
-def _drop_target(
-    w: BackupWorker, service: ServiceRecord, primary: str, image: str, volume: str
-) -> None:
+def _drop_target(w: BackupWorker, primary: str, helper: str, image: str, volume: str) -> None:
     stop_container(w.docker, primary, 30)
     auto_conf = f"{postgres.PGDATA}/postgresql.auto.conf"
 
@@ -246,8 +268,24 @@ def _drop_target(
         text = _exec(w, helper, ["cat", auto_conf], owner)
         _put(w, helper, auto_conf, pgbackrest.without_recovery_target(text), owner)
 
-    _in_helper(w, image, volume, _helper_name(service), work)
+    _in_helper(w, image, volume, helper, work)
     start_container(w.docker, primary)
+
+
+def _forget_source(w: BackupWorker, primary: str, helper: str, image: str, volume: str) -> None:
+    """Best effort after a failure: the source's configuration off the volume, the primary
+    started again."""
+    try:
+        with contextlib.suppress(docker.errors.NotFound):
+            w.docker.containers.get(primary).stop(timeout=30)
+
+        def work(name: str, owner: str) -> None:
+            _exec(w, name, ["rm", "-f", RESTORE_CONFIG, pgbackrest.CA_PATH], owner)
+
+        _in_helper(w, image, volume, helper, work)
+        start_container(w.docker, primary)
+    except Exception:
+        log.exception("after a failed restore, %s could not be cleaned up", primary)
 
 
 async def _cleanup(w: BackupWorker, service: ServiceRecord) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -70,18 +71,33 @@ async def handle_configure_wal_archiving(w: BackupWorker, command: ConfigureWalA
         log.info("WAL archiving request %s was superseded", command.request_id)
         return
     if command.enabled:
-        await _enable(w, service, command)
+        await _enable(w, service, command, wanted.requested_at)
     else:
         await _disable(w, service, command)
 
 
-async def _enable(w: BackupWorker, service: ServiceRecord, command: ConfigureWalArchiving) -> None:
+async def _current(w: BackupWorker, command: ConfigureWalArchiving) -> bool:
+    """Still the request in flight? Asked again under the service lock before the volume is
+    touched: an enable overtaken by a disable must not write its configuration back."""
+    async with w.pool.acquire() as conn:
+        wanted = await archiving_of(conn, command.service_id)
+    current = wanted is not None and wanted.request_id == command.request_id
+    if not current:
+        log.info("WAL archiving request %s was superseded", command.request_id)
+    return current
+
+
+async def _enable(
+    w: BackupWorker, service: ServiceRecord, command: ConfigureWalArchiving, asked_at: datetime
+) -> None:
     primary = container_name(service.service_type, service.name)
     repository = await _repository(w, service)
     owner = await _postgres_owner(w, primary)
     user = service.credentials(w.keyring)["username"]
     config = pgbackrest.config(repository, service.name, int(service.version), user)
     async with service_lock(w.pool, service.id, wait_s=LOCK_WAIT_S):
+        if not await _current(w, command):
+            return
         await _run(w, primary, ["mkdir", "-p", "-m", "0700", pgbackrest.CONFIG_DIR], user=owner)
         if repository.ca_pem:
             await _put(w, primary, pgbackrest.CA_PATH, repository.ca_pem, owner)
@@ -94,14 +110,16 @@ async def _enable(w: BackupWorker, service: ServiceRecord, command: ConfigureWal
         await _step(w, command, "stanza created")
         await _pgbackrest(w, primary, service, "check")
         await _step(w, command, "archive checked")
-        info = pgbackrest.parse_info(
-            await _pgbackrest(w, primary, service, "info", "--output=json"), service.name
+    info = pgbackrest.parse_info(
+        await _pgbackrest(w, primary, service, "info", "--output=json"), service.name
+    )
+    # A full backup unless one ended after this request: after archiving was off for a while,
+    # the archive has a gap that older backups cannot replay across. Outside the service
+    # lock (it may take hours; pgBackRest holds a lock of its own).
+    if info is None or not info.backups or info.backups[-1].stopped_at < asked_at:
+        await _pgbackrest(
+            w, primary, service, "backup", "--type=full", timeout_s=w.settings.backup_deadline_s
         )
-        if info is None or not info.backups:
-            await _pgbackrest(
-                w, primary, service, "backup", "--type=full",
-                timeout_s=w.settings.backup_deadline_s,
-            )  # fmt: skip
     await _step(w, command, "first full backup taken")
     await _changed(w, command, "on")
 
@@ -109,6 +127,8 @@ async def _enable(w: BackupWorker, service: ServiceRecord, command: ConfigureWal
 async def _disable(w: BackupWorker, service: ServiceRecord, command: ConfigureWalArchiving) -> None:
     primary = container_name(service.service_type, service.name)
     async with service_lock(w.pool, service.id, wait_s=LOCK_WAIT_S):
+        if not await _current(w, command):
+            return
         # The configuration holds the service's S3 key: nothing of it stays on the volume.
         await _run(w, primary, ["rm", "-f", postgres.ARCHIVE_CONFIG, pgbackrest.CA_PATH])
     await _step(w, command, "configuration removed")

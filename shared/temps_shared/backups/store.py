@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TypeVar
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from temps_shared.backups.destination import Destination
 
@@ -142,6 +142,8 @@ class BackupStore:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
+        except BotoCoreError as exc:  # unreachable, timed out
+            raise StoreError(f"cannot read {key} from bucket {self.bucket}: {exc}") from exc
         with body:
             return str(body.read().decode())
 
@@ -163,7 +165,7 @@ class BackupStore:
                         if newest is None or str(item["Key"]) > newest[0]:
                             newest = (str(item["Key"]), item["LastModified"])
                 return newest
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot list {prefix} in bucket {self.bucket}: {exc}") from exc
 
     def open_object(self, key: str) -> BinaryIO:

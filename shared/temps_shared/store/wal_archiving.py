@@ -102,7 +102,10 @@ async def apply_wal_archiving_event(conn: Executor, event: WalArchivingEvent) ->
 
 async def archived_services(conn: Executor) -> list[UUID]:
     """Services whose archiving is wanted (their identities stay in the store)."""
-    rows = await conn.fetch("SELECT service_id FROM wal_archiving WHERE enabled")
+    rows = await conn.fetch(
+        "SELECT w.service_id FROM wal_archiving w JOIN services s ON s.id = w.service_id"
+        " WHERE w.enabled AND NOT s.purged"
+    )
     return [row["service_id"] for row in rows]
 
 

@@ -15,6 +15,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from temps_shared.backups.destination import builtin_destination, load_destination
 from temps_shared.backups.recovery_window import RecoveryWindow, recovery_window
 from temps_shared.backups.store import BackupStore, StoreError
+from temps_shared.engines import offered_versions
+from temps_shared.ids import NAME_PATTERN
 from temps_shared.messages import ConfigureWalArchiving, RestoreToTime
 from temps_shared.store import outbox
 from temps_shared.store.service_registration import ServiceNameTaken, register_service
@@ -167,8 +169,9 @@ class PointInTimeRestoreRequest(BaseModel):
         " 2026-12-03T10:15:00Z); absent: the newest archived state.",
     )
     as_new_service: str = Field(
+        pattern=NAME_PATTERN,
         description="The new service that receives the data (same version and settings, no"
-        " read replica); the source keeps running untouched."
+        " read replica); the source keeps running untouched.",
     )
 
 
@@ -219,6 +222,12 @@ async def restore_to_time(
             f"target_time: {target.isoformat()} is outside the recovery window"
             f" {earliest.isoformat()} … {latest.isoformat()}",
             {"earliest": earliest.isoformat(), "latest": latest.isoformat()},
+        )
+    if source.version not in offered_versions(state.settings, source.service_type):
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"version {source.version} is no longer offered: the data cannot be restored here",
         )
     async with state.pool.acquire() as conn, conn.transaction():
         try:
