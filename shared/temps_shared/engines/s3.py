@@ -208,6 +208,22 @@ def lifecycle_rules(rules: list[LifecycleRule]) -> list[dict[str, Any]]:
     ]
 
 
+READY_BUCKETS_LOOKED_AT = 5
+
+
+def _serves_objects(client: Any) -> None:
+    """Ready means objects can be read, not only listed: after a start SeaweedFS answers
+    listings (the filer) before its volume server has loaded the data, and a GET then fails
+    with InternalError. One byte of the first object found (a few buckets looked at) is read."""
+    buckets = client.list_buckets().get("Buckets", [])
+    for bucket in buckets[:READY_BUCKETS_LOOKED_AT]:
+        listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1)
+        for item in listed.get("Contents", []):
+            ranged = {"Range": "bytes=0-0"} if item.get("Size", 0) > 0 else {}
+            client.get_object(Bucket=bucket["Name"], Key=item["Key"], **ranged)["Body"].read()
+            return
+
+
 class S3Engine:
     service_type = "s3"
     ports = {"s3": S3_PORT}
@@ -268,7 +284,7 @@ class S3Engine:
     ) -> None:
         client = s3_client(endpoint_url(*endpoints["s3"]), credentials, ca_pem)
         try:
-            await asyncio.to_thread(client.list_buckets)
+            await asyncio.to_thread(_serves_objects, client)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise ServiceNotReadyError(str(exc) or type(exc).__name__) from exc
 
