@@ -124,6 +124,21 @@ async def wait_status(
     return await eventually(probe, timeout_s, f"service {service_id} to be {status}")
 
 
+async def wait_converged(
+    api: httpx.AsyncClient, service_id: str, timeout_s: float = 180
+) -> dict[str, Any]:
+    """Operational at the generation last asked for (a `failed` service fails the test)."""
+
+    async def probe() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
+        if body["status"] == "failed":
+            raise AssertionError(body["status_reason"])
+        done = body["status"] == "operational" and body["observed_generation"] == body["generation"]
+        return body if done else None
+
+    return await eventually(probe, timeout_s, f"{service_id} to converge")
+
+
 async def nats_refused(url: str, **options: Any) -> str:
     """Connect to NATS once; the error's text (fails the test if the connection is accepted)."""
     try:

@@ -23,22 +23,11 @@ from tests.integration.pooled_service import linked_postgres
 from tests.support import RUN_PREFIX as P
 from tests.support import (
     credentials,
-    eventually,
     service_containers,
+    wait_converged,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
-        if body["status"] == "failed":
-            raise AssertionError(body["status_reason"])
-        done = body["status"] == "operational" and body["observed_generation"] == body["generation"]
-        return body if done else None
-
-    return await eventually(probe, 180, f"{service_id} to converge")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +148,7 @@ async def _memory_change(api: httpx.AsyncClient, service_id: str, memory_mb: int
         f"/api/external-services/{service_id}", json={"parameters": {"memory_mb": memory_mb}}
     )
     assert response.status_code == 202, response.text
-    await _converged(api, service_id)
+    await wait_converged(api, service_id)
     return time.monotonic() - started
 
 

@@ -25,7 +25,7 @@ from tests.integration.client_loops import Loop
 from tests.integration.conftest import Platform
 from tests.integration.pooled_service import linked_postgres
 from tests.support import RUN_PREFIX as P
-from tests.support import credentials, eventually
+from tests.support import credentials, eventually, wait_converged
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NAME = f"{P}poolops"
@@ -71,17 +71,6 @@ async def platform(base_env: dict[str, str], provisioner: Provisioner) -> AsyncI
     yield running
     with contextlib.suppress(asyncio.CancelledError):
         await running.stop()
-
-
-async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
-        if body["status"] == "failed":
-            raise AssertionError(body["status_reason"])
-        done = body["status"] == "operational" and body["observed_generation"] == body["generation"]
-        return body if done else None
-
-    return await eventually(probe, 180, f"{service_id} to converge")
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +125,13 @@ async def _held_through(
 async def _resources(api: httpx.AsyncClient, service_id: str, body: dict[str, Any]) -> None:
     response = await api.patch(f"/api/external-services/{service_id}/resources", json=body)
     assert response.status_code == 200, response.text
-    await _converged(api, service_id)
+    await wait_converged(api, service_id)
 
 
 async def _parameters(api: httpx.AsyncClient, service_id: str, body: dict[str, Any]) -> None:
     response = await api.patch(f"/api/external-services/{service_id}", json={"parameters": body})
     assert response.status_code == 202, response.text
-    await _converged(api, service_id)
+    await wait_converged(api, service_id)
 
 
 def _primary_id(client: docker.DockerClient) -> str:

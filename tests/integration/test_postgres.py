@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support import RUN_PREFIX as P
-from tests.support import eventually, service_containers, wait_status
+from tests.support import eventually, service_containers, wait_converged, wait_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 PGDATA_MOUNT = "/var/lib/postgresql/data"
@@ -27,19 +27,6 @@ async def _create(api: httpx.AsyncClient, name: str, **body: Any) -> dict[str, A
     assert response.status_code == 202, response.text
     created: dict[str, Any] = response.json()
     return created
-
-
-async def _converged(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    """Operational at the generation last asked for."""
-
-    async def probe() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
-        if body["status"] == "failed":
-            raise AssertionError(body["status_reason"])
-        done = body["status"] == "operational" and body["observed_generation"] == body["generation"]
-        return body if done else None
-
-    return await eventually(probe, 120, f"{service_id} to converge")
 
 
 async def _credentials(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
@@ -116,7 +103,7 @@ async def test_bad_parameters_are_refused(
 @pytest.fixture(scope="module")
 async def replicated(api: httpx.AsyncClient) -> dict[str, Any]:
     created = await _create(api, f"{P}rep", version="15", parameters={"memory_mb": 256})
-    return await _converged(api, created["id"])
+    return await wait_converged(api, created["id"], 120)
 
 
 async def _replica_port(service: dict[str, Any], member: str) -> int:
@@ -153,7 +140,7 @@ async def test_replica_streams_and_scaling_up_and_down(
         f"/api/external-services/{service_id}", json={"parameters": {"replicas": 2}}
     )
     assert response.status_code == 202
-    scaled = await _converged(api, service_id)
+    scaled = await wait_converged(api, service_id, 120)
     port2 = await _replica_port(scaled, "replica-2")
     await eventually(lambda: _reads_row(creds, port2, "one"), 10, "the row on replica-2")
 
@@ -161,7 +148,7 @@ async def test_replica_streams_and_scaling_up_and_down(
         f"/api/external-services/{service_id}", json={"parameters": {"replicas": 0}}
     )
     assert response.status_code == 202
-    alone = await _converged(api, service_id)
+    alone = await wait_converged(api, service_id, 120)
     assert alone["connection_info"]["replicas"] == []
     # The primary and its pooler (PgBouncer) stay.
     assert sorted(service_containers(docker_client, service_id)) == [
@@ -187,7 +174,7 @@ async def test_memory_change_restarts_with_new_settings(
     )
     assert response.status_code == 202
     assert response.json()["parameters"]["memory_mb"] == 2048
-    await _converged(api, service_id)
+    await wait_converged(api, service_id, 120)
     conn = await _connect(await _credentials(api, service_id))
     try:
         assert await conn.fetchval("SHOW shared_buffers") == "512MB"
@@ -229,7 +216,7 @@ async def _stop_start(api: httpx.AsyncClient, service_id: str) -> None:
     assert (await api.post(f"/api/external-services/{service_id}/stop")).status_code == 202
     await wait_status(api, service_id, "stopped")
     assert (await api.post(f"/api/external-services/{service_id}/start")).status_code == 202
-    await _converged(api, service_id)
+    await wait_converged(api, service_id, 120)
 
 
 async def test_stop_start_repairs_archive_mode(
@@ -288,7 +275,7 @@ async def test_delete_leaves_nothing_behind(
     await api.patch(
         f"/api/external-services/{replicated['id']}", json={"parameters": {"replicas": 1}}
     )
-    await _converged(api, replicated["id"])
+    await wait_converged(api, replicated["id"], 120)
     await _delete(api, replicated["id"])
     label = {"label": f"io.temps.service-id={replicated['id']}"}
     assert docker_client.containers.list(all=True, filters=label) == []

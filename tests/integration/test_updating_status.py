@@ -17,22 +17,11 @@ import httpx
 import pytest
 
 from tests.support import RUN_PREFIX as P
-from tests.support import credentials, eventually
+from tests.support import credentials, eventually, wait_converged
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TICK_S = 0.05
 CONNECT_TIMEOUT_S = 5.0
-
-
-async def _operational(api: httpx.AsyncClient, service_id: str) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/api/external-services/{service_id}")).json()
-        if body["status"] == "failed":
-            raise AssertionError(body["status_reason"])
-        done = body["status"] == "operational" and body["observed_generation"] == body["generation"]
-        return body if done else None
-
-    return await eventually(probe, 180, f"{service_id} to be operational")
 
 
 async def _connects(url: str) -> bool | None:
@@ -126,7 +115,7 @@ async def pg(api: httpx.AsyncClient) -> dict[str, Any]:
         },
     )
     assert response.status_code == 202, response.text
-    service = await _operational(api, response.json()["id"])
+    service = await wait_converged(api, response.json()["id"])
     service["url"] = (await credentials(api, service["id"]))["local_connection_url"]
     return service
 
@@ -195,7 +184,7 @@ async def test_lifting_a_cpu_cap_answers_applied_only_when_it_accepts_connection
     sid = pg["id"]
     capped = await api.patch(f"/api/external-services/{sid}/resources", json={"cpus": 1})
     assert capped.status_code == 200, capped.text
-    await _operational(api, sid)
+    await wait_converged(api, sid)
     first_after: list[bool | None] = []
 
     async def change() -> httpx.Response:

@@ -106,19 +106,25 @@ async def _enable(
     await _until_archive_mode(w, service, command, "on")
     await _step(w, command, "archive_mode on")
     async with service_lock(w.pool, service.id, wait_s=LOCK_WAIT_S):
-        await _pgbackrest(w, primary, service, "stanza-create")
+        await _pgbackrest(w, primary, owner, service, "stanza-create")
         await _step(w, command, "stanza created")
-        await _pgbackrest(w, primary, service, "check")
+        await _pgbackrest(w, primary, owner, service, "check")
         await _step(w, command, "archive checked")
     info = pgbackrest.parse_info(
-        await _pgbackrest(w, primary, service, "info", "--output=json"), service.name
+        await _pgbackrest(w, primary, owner, service, "info", "--output=json"), service.name
     )
     # A full backup unless one ended after this request: after archiving was off for a while,
     # the archive has a gap that older backups cannot replay across. Outside the service
     # lock (it may take hours; pgBackRest holds a lock of its own).
     if info is None or not info.backups or info.backups[-1].stopped_at < asked_at:
         await _pgbackrest(
-            w, primary, service, "backup", "--type=full", timeout_s=w.settings.backup_deadline_s
+            w,
+            primary,
+            owner,
+            service,
+            "backup",
+            "--type=full",
+            timeout_s=w.settings.backup_deadline_s,
         )
     await _step(w, command, "first full backup taken")
     await _changed(w, command, "on")
@@ -279,11 +285,12 @@ async def _run(
 async def _pgbackrest(
     w: BackupWorker,
     container: str,
+    owner: str,
     service: ServiceRecord,
     *args: str,
     timeout_s: float = COMMAND_TIMEOUT_S,
 ) -> str:
-    owner = await _postgres_owner(w, container)
+    """As the image's postgres user (`owner`, uid:gid: asked once per request)."""
     argv = pgbackrest.command(service.name, *args)
     return await _run(w, container, argv, user=owner, timeout_s=timeout_s)
 
